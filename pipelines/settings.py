@@ -1,0 +1,192 @@
+"""Typed settings for one afterbell installation.
+
+Every path the stack writes lives under :attr:`Settings.home` (``$AFTERBELL_HOME``, default
+``.afterbell/`` in the checkout). Settings are read from the environment once, by the adapters at
+the edge (CLI, DAG tasks, the serving app), and passed down explicitly: no module-level globals.
+
+Environment knobs (all optional)::
+
+    AFTERBELL_HOME            state directory                     (.afterbell in the checkout)
+    AFTERBELL_PROFILE         embedded | production               (embedded)
+    AFTERBELL_SYMBOLS         comma-separated demo universe       (all 22 replay symbols)
+    AFTERBELL_HISTORY_YEARS   sessions of history the first run backfills, in years   (10)
+    AFTERBELL_SESSION         default session for ``afterbell run``                   (2018-12-31)
+    AFTERBELL_MAX_EPOCHS      LSTM training epochs budget                             (30)
+    AFTERBELL_HIDDEN          LSTM hidden units                                       (32)
+    AFTERBELL_HOLDOUT         out-of-sample sessions used by the validation stage     (250)
+    AFTERBELL_GARCH_REFIT     sessions between expanding-window GARCH refits in history (63)
+    AFTERBELL_SEED            global seed                                             (7)
+    AFTERBELL_MLFLOW_URI      MLflow tracking URI     (sqlite:///$AFTERBELL_HOME/mlflow/mlflow.db)
+    AFTERBELL_SERVE_HOST / AFTERBELL_SERVE_PORT                                      (127.0.0.1 / 8000)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+
+#: Root of the checkout (the folder holding ``dags/``, ``feature_repo/``, ``pipelines/``).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Symbols of the packaged replay source: skfolio's 20 S&P 500 stocks (adjusted close, 1990-2022)
+#: and arch's S&P 500 / NASDAQ composite index OHLCV (1999-2018).
+STOCKS: tuple[str, ...] = (
+    "AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO",
+    "LLY", "MRK", "MSFT", "PEP", "PFE", "PG", "RRC", "UNH", "WMT", "XOM",
+)  # fmt: skip
+INDICES: tuple[str, ...] = ("SPX", "NDX")
+DEFAULT_UNIVERSE: tuple[str, ...] = STOCKS + INDICES
+
+#: Registered model name of the volatility forecaster and its aliases (CONTRACT.md).
+MODEL_NAME = "garch_lstm_vol"
+ALIAS_CHALLENGER = "challenger"
+ALIAS_CHAMPION = "champion"
+ALIAS_PREVIOUS = "previous"
+
+#: Columns of the LSTM input window, oldest session first (the ``seq`` feature is row-major
+#: lookback x len(WINDOW_COLUMNS)).
+WINDOW_COLUMNS: tuple[str, ...] = ("ret_1", "rv_5", "rv_22", "garch_vol", "garch_forecast")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Budget and architecture of the GARCH-LSTM heavy stage."""
+
+    lookback: int = 20
+    hidden: int = 32
+    layers: int = 1
+    dropout: float = 0.1
+    lr: float = 3e-3
+    batch_size: int = 256
+    max_epochs: int = 30
+    patience: int = 4
+    seed: int = 7
+    #: Cap on training windows (most recent kept); 0 means no cap.
+    max_train_rows: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a stage needs to know about where it runs and how big its budgets are."""
+
+    home: Path
+    profile: str = "embedded"
+    universe: tuple[str, ...] = DEFAULT_UNIVERSE
+    history_years: int = 10
+    default_session: date = date(2018, 12, 31)
+    #: Forecast horizon in sessions: the target is realised volatility over the next ``horizon``.
+    horizon: int = 5
+    garch_refit_every: int = 63
+    garch_min_obs: int = 250
+    holdout_sessions: int = 250
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model_name: str = MODEL_NAME
+    mlflow_uri: str = ""
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+
+    # ----------------------------------------------------------------------------- paths
+    @property
+    def lake_dir(self) -> Path:
+        """Parquet lake, one folder per table, partitioned ``session=YYYY-MM-DD``."""
+        return self.home / "lake"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Feast offline store: one parquet file per feature view source."""
+        return self.home / "offline"
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast registry and SQLite online store."""
+        return self.home / "feast"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Great Expectations project root; Data Docs are built below it."""
+        return self.home / "reports"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Small per-session JSON summaries written by the stages."""
+        return self.home / "runs"
+
+    @property
+    def feature_repo(self) -> Path:
+        return REPO_ROOT / "feature_repo"
+
+    @property
+    def dags_dir(self) -> Path:
+        return REPO_ROOT / "dags"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (tests and the CLI use it)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    # ----------------------------------------------------------------------------- env
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: the process environment)."""
+        env = dict(os.environ if environ is None else environ)
+        home = Path(env.get("AFTERBELL_HOME") or REPO_ROOT / ".afterbell").expanduser().resolve()
+        symbols = tuple(
+            s.strip().upper() for s in env.get("AFTERBELL_SYMBOLS", "").split(",") if s.strip()
+        )
+        unknown = sorted(set(symbols) - set(DEFAULT_UNIVERSE))
+        if unknown:
+            raise ValueError(
+                f"AFTERBELL_SYMBOLS names symbols the replay source does not have: {unknown}; "
+                f"known: {', '.join(DEFAULT_UNIVERSE)}"
+            )
+        train = TrainConfig(
+            max_epochs=_int(env, "AFTERBELL_MAX_EPOCHS", TrainConfig.max_epochs),
+            hidden=_int(env, "AFTERBELL_HIDDEN", TrainConfig.hidden),
+            seed=_int(env, "AFTERBELL_SEED", TrainConfig.seed),
+            max_train_rows=_int(env, "AFTERBELL_MAX_TRAIN_ROWS", TrainConfig.max_train_rows),
+        )
+        session = env.get("AFTERBELL_SESSION")
+        return cls(
+            home=home,
+            profile=env.get("AFTERBELL_PROFILE", "embedded"),
+            universe=symbols or DEFAULT_UNIVERSE,
+            history_years=_int(env, "AFTERBELL_HISTORY_YEARS", 10),
+            default_session=date.fromisoformat(session) if session else date(2018, 12, 31),
+            holdout_sessions=_int(env, "AFTERBELL_HOLDOUT", 250),
+            garch_refit_every=_int(env, "AFTERBELL_GARCH_REFIT", 63),
+            train=train,
+            mlflow_uri=env.get("AFTERBELL_MLFLOW_URI", ""),
+            serve_host=env.get("AFTERBELL_SERVE_HOST", "127.0.0.1"),
+            serve_port=_int(env, "AFTERBELL_SERVE_PORT", 8000),
+        )
+
+
+def _int(env: dict[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, got {raw!r}") from None
