@@ -10,7 +10,8 @@ Every table keyed by (``symbol``, ``session``) carries:
 
 from __future__ import annotations
 
-#: Canonical daily bars (lake table ``bars``). open/high/low/volume are null where a source lacks them.
+#: Canonical daily bars (lake table ``bars``); open/high/low/volume are null where a source
+#: lacks them.
 BAR_COLUMNS: tuple[str, ...] = (
     "symbol", "session", "open", "high", "low", "close", "adj_close", "volume",
 )  # fmt: skip

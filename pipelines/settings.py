@@ -17,7 +17,8 @@ Environment knobs (all optional)::
     AFTERBELL_GARCH_REFIT     sessions between expanding-window GARCH refits in history (63)
     AFTERBELL_SEED            global seed                                             (7)
     AFTERBELL_MLFLOW_URI      MLflow tracking URI     (sqlite:///$AFTERBELL_HOME/mlflow/mlflow.db)
-    AFTERBELL_SERVE_HOST / AFTERBELL_SERVE_PORT                                      (127.0.0.1 / 8000)
+    AFTERBELL_SERVE_HOST, AFTERBELL_SERVE_PORT                           (127.0.0.1, 8000)
+    AFTERBELL_MAX_TRAIN_ROWS  cap on training windows, most recent kept (0: none)     (0)
 """
 
 from __future__ import annotations

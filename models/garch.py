@@ -1,0 +1,341 @@
+"""GARCH-family conditional volatility features on :mod:`arch`.
+
+The module keeps arch's split between a model *specification* (:class:`GarchSpec`, what to fit) and
+a *fitted result* (:class:`GarchFit`, estimated parameters and diagnostics), and composes three
+small operations from them:
+
+- :func:`fit_garch` estimates a spec on a return series,
+- :func:`filter_garch` runs fixed parameters over a series (no estimation) and derives the features,
+- :func:`rolling_garch_features` builds an expanding-window history without look-ahead: it refits
+  every ``refit_every`` sessions on the data strictly before each block and filters the block with
+  those parameters.
+
+Returns are decimal daily log returns; they are multiplied by 100 before reaching arch (its
+optimiser is tuned for percent returns) and the outputs are converted back to annualised decimal
+volatility.
+
+Notes
+-----
+arch starts the variance recursion from a *backcast*, an exponentially weighted average of the
+first 75 squared residuals of the series it is given. Output rows before position 75 therefore
+depend (weakly) on returns up to position 74; every row from position 75 on depends only on returns
+up to and including its own position. :func:`rolling_garch_features` emits nothing before
+``min_obs`` (which must be at least 75), so its outputs are strictly causal.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from arch import arch_model
+from arch.univariate.base import ARCHModelFixedResult
+from arch.univariate.mean import HARX
+
+__all__ = [
+    "GARCH_FEATURE_COLUMNS",
+    "GarchFit",
+    "GarchSpec",
+    "filter_garch",
+    "fit_garch",
+    "rolling_garch_features",
+]
+
+#: Output columns of :func:`filter_garch` and :func:`rolling_garch_features`.
+GARCH_FEATURE_COLUMNS: tuple[str, ...] = ("garch_vol", "garch_forecast", "garch_std_resid")
+
+_SCALE = 100.0  # decimal -> percent returns
+_PERIODS_PER_YEAR = 252
+_BACKCAST_OBS = 75  # arch's backcast window (``VolatilityProcess.backcast``)
+_EGARCH_SIMULATIONS = 1000  # EGARCH has no analytic multi-step forecast
+_EGARCH_SEED = 20180101
+
+
+@dataclass(frozen=True)
+class GarchSpec:
+    """Specification of a univariate GARCH-family model.
+
+    Parameters
+    ----------
+    vol : {"GARCH", "EGARCH", "GJR"}
+        Volatility process. ``"GJR"`` is arch's GARCH with an asymmetric term (``o >= 1``).
+    dist : {"normal", "t", "skewt"}
+        Innovation distribution.
+    p : int
+        Lag order of the symmetric innovation.
+    o : int
+        Lag order of the asymmetric innovation; ``"GJR"`` uses at least 1.
+    q : int
+        Lag order of the lagged conditional variance.
+    mean : {"Constant", "Zero"}
+        Mean model.
+    horizon : int
+        Forecast horizon in sessions of the ``garch_forecast`` feature.
+    """
+
+    vol: Literal["GARCH", "EGARCH", "GJR"] = "GARCH"
+    dist: Literal["normal", "t", "skewt"] = "t"
+    p: int = 1
+    o: int = 0
+    q: int = 1
+    mean: Literal["Constant", "Zero"] = "Constant"
+    horizon: int = 5
+
+    def __post_init__(self) -> None:
+        if self.vol not in ("GARCH", "EGARCH", "GJR"):
+            raise ValueError(f"vol must be GARCH, EGARCH or GJR, got {self.vol!r}")
+        if self.dist not in ("normal", "t", "skewt"):
+            raise ValueError(f"dist must be normal, t or skewt, got {self.dist!r}")
+        if self.mean not in ("Constant", "Zero"):
+            raise ValueError(f"mean must be Constant or Zero, got {self.mean!r}")
+        if self.p < 1 or self.o < 0 or self.q < 0:
+            raise ValueError(f"need p >= 1, o >= 0, q >= 0, got p={self.p} o={self.o} q={self.q}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+
+    @property
+    def asym_order(self) -> int:
+        """Asymmetric lag order passed to arch (at least 1 for ``"GJR"``)."""
+        return max(self.o, 1) if self.vol == "GJR" else self.o
+
+    def build(self, returns_pct: pd.Series) -> HARX:
+        """The arch model of this spec on percent returns (no automatic rescaling)."""
+        return arch_model(
+            returns_pct,
+            mean=self.mean,
+            vol="EGARCH" if self.vol == "EGARCH" else "GARCH",
+            p=self.p,
+            o=self.asym_order,
+            q=self.q,
+            dist=self.dist,
+            rescale=False,
+        )
+
+
+@dataclass(frozen=True)
+class GarchFit:
+    """Estimated parameters of a :class:`GarchSpec` (percent-return scale, arch's order).
+
+    Parameters
+    ----------
+    spec : GarchSpec
+        The specification that was fitted.
+    params : dict of str to float
+        Parameter estimates, keyed and ordered as arch names them (``mu``, ``omega``,
+        ``alpha[1]``, ..., distribution parameters last).
+    loglik : float
+        Maximised log-likelihood.
+    nobs : int
+        Observations used in the estimation.
+    converged : bool
+        Whether the optimiser reported convergence without warnings.
+    """
+
+    spec: GarchSpec
+    params: dict[str, float] = field(hash=False)
+    loglik: float
+    nobs: int
+    converged: bool
+
+    @property
+    def starting_values(self) -> np.ndarray:
+        """Parameters as an array in arch's order, to warm-start :func:`fit_garch`."""
+        return np.asarray(list(self.params.values()), dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (spec fields, params and diagnostics)."""
+        return {
+            "spec": {
+                "vol": self.spec.vol,
+                "dist": self.spec.dist,
+                "p": self.spec.p,
+                "o": self.spec.o,
+                "q": self.spec.q,
+                "mean": self.spec.mean,
+                "horizon": self.spec.horizon,
+            },
+            "params": dict(self.params),
+            "loglik": self.loglik,
+            "nobs": self.nobs,
+            "converged": self.converged,
+        }
+
+
+def _clean(returns: pd.Series) -> pd.Series:
+    """Returns without leading NaNs, as float; interior non-finite values are an error."""
+    if not isinstance(returns, pd.Series):
+        raise TypeError(f"returns must be a pandas Series, got {type(returns).__name__}")
+    returns = returns.astype(float)
+    finite = np.isfinite(returns.to_numpy())
+    first = int(np.argmax(finite)) if finite.any() else len(returns)
+    body = returns.iloc[first:]
+    if not np.isfinite(body.to_numpy()).all():
+        bad = body.index[~np.isfinite(body.to_numpy())][:5].tolist()
+        raise ValueError(f"returns contain non-finite values after the first valid one: {bad}")
+    return body
+
+
+def fit_garch(
+    returns: pd.Series, spec: GarchSpec, starting_values: np.ndarray | None = None
+) -> GarchFit:
+    """Estimate ``spec`` by maximum likelihood.
+
+    Parameters
+    ----------
+    returns : pandas.Series
+        Decimal daily log returns. Leading NaNs are dropped; interior NaNs raise.
+    spec : GarchSpec
+        Model to fit.
+    starting_values : numpy.ndarray, optional
+        Initial parameters in arch's order (e.g. ``previous_fit.starting_values``).
+
+    Returns
+    -------
+    GarchFit
+        Parameters on the percent scale and fit diagnostics. Convergence problems are recorded in
+        ``converged`` instead of being emitted as warnings.
+    """
+    y = _clean(returns) * _SCALE
+    if len(y) < 10:
+        raise ValueError(f"need at least 10 returns to fit a GARCH model, got {len(y)}")
+    model = spec.build(y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = model.fit(
+            disp="off",
+            show_warning=True,
+            starting_values=None if starting_values is None else np.asarray(starting_values),
+        )
+    warned = any(
+        type(w.message).__name__ in ("ConvergenceWarning", "StartingValueWarning")
+        or issubclass(w.category, RuntimeWarning)
+        for w in caught
+    )
+    params = {str(k): float(v) for k, v in res.params.items()}
+    return GarchFit(
+        spec=spec,
+        params=params,
+        loglik=float(res.loglikelihood),
+        nobs=int(res.nobs),
+        converged=bool(res.convergence_flag == 0 and not warned),
+    )
+
+
+def _fixed(returns_pct: pd.Series, fit: GarchFit) -> ARCHModelFixedResult:
+    model = fit.spec.build(returns_pct)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.fix(fit.starting_values)
+
+
+def _features(fixed: ARCHModelFixedResult, spec: GarchSpec, start: int) -> pd.DataFrame:
+    """Feature rows ``start:`` of a fixed-parameter result (percent scale in, decimal out)."""
+    sigma = np.asarray(fixed.conditional_volatility, dtype=float)[start:]
+    resid = np.asarray(fixed.resid, dtype=float)[start:]
+    kwargs: dict[str, Any] = {}
+    if spec.vol == "EGARCH" and spec.horizon > 1:
+        kwargs = {
+            "method": "simulation",
+            "simulations": _EGARCH_SIMULATIONS,
+            "random_state": np.random.RandomState(_EGARCH_SEED),
+        }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc = fixed.forecast(horizon=spec.horizon, start=start, reindex=False, **kwargs)
+    # align="origin": row t holds E[sigma^2_{t+h} | F_t], h = 1..H.
+    var_path = fc.variance.to_numpy(dtype=float)
+    if var_path.shape[0] != sigma.shape[0]:  # pragma: no cover - arch contract
+        raise RuntimeError("arch returned forecasts misaligned with the filtered sample")
+    annual = np.sqrt(_PERIODS_PER_YEAR)
+    return pd.DataFrame(
+        {
+            "garch_vol": sigma * annual / _SCALE,
+            "garch_forecast": np.sqrt(_PERIODS_PER_YEAR * var_path.mean(axis=1)) / _SCALE,
+            "garch_std_resid": resid / sigma,
+        }
+    )
+
+
+def filter_garch(returns: pd.Series, fit: GarchFit) -> pd.DataFrame:
+    """Run fixed parameters over ``returns`` and derive the GARCH features.
+
+    Parameters
+    ----------
+    returns : pandas.Series
+        Decimal daily log returns. Leading NaNs are allowed (their rows are NaN in the output).
+    fit : GarchFit
+        Parameters to apply; nothing is re-estimated.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed like ``returns`` with columns
+
+        - ``garch_vol``: annualised conditional vol of the session's return,
+          ``sigma_t * sqrt(252) / 100`` (``sigma_t`` is known at the close of ``t - 1``),
+        - ``garch_forecast``: annualised vol forecast over sessions ``t+1 .. t+H`` made at the close
+          of ``t``, ``sqrt(252 * mean_h E[sigma^2_{t+h} | F_t]) / 100``,
+        - ``garch_std_resid``: ``resid_t / sigma_t``.
+
+        Row ``t`` uses returns up to and including ``t`` only (see the module notes on the
+        backcast for the first 75 rows).
+    """
+    body = _clean(returns)
+    out = pd.DataFrame(index=returns.index, columns=list(GARCH_FEATURE_COLUMNS), dtype=float)
+    if body.empty:
+        return out
+    feats = _features(_fixed(body * _SCALE, fit), fit.spec, start=0)
+    out.iloc[len(returns) - len(body) :, :] = feats.to_numpy()
+    return out
+
+
+def rolling_garch_features(
+    returns: pd.Series, spec: GarchSpec, refit_every: int = 63, min_obs: int = 250
+) -> pd.DataFrame:
+    """Expanding-window GARCH features with periodic refits and no look-ahead.
+
+    Parameters are estimated at positions ``k = min_obs, min_obs + refit_every, ...`` on
+    ``returns[:k]`` (strictly before ``k``), each refit warm-started from the previous one, and
+    applied (fixed) to the rows of the block ``[k, k + refit_every)``. Positions count from the
+    first non-NaN return.
+
+    Parameters
+    ----------
+    returns : pandas.Series
+        Decimal daily log returns. Leading NaNs are allowed; interior NaNs raise.
+    spec : GarchSpec
+        Model to refit.
+    refit_every : int
+        Sessions between refits.
+    min_obs : int
+        Returns needed before the first fit (at least 75, arch's backcast window). Earlier rows
+        are NaN.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same index and columns as :func:`filter_garch`.
+    """
+    if refit_every < 1:
+        raise ValueError(f"refit_every must be >= 1, got {refit_every}")
+    if min_obs < _BACKCAST_OBS:
+        raise ValueError(f"min_obs must be >= {_BACKCAST_OBS} (arch's backcast), got {min_obs}")
+    body = _clean(returns)
+    y = body * _SCALE
+    n = len(y)
+    values = np.full((n, len(GARCH_FEATURE_COLUMNS)), np.nan)
+    previous: GarchFit | None = None
+    for k in range(min_obs, n, refit_every):
+        end = min(k + refit_every, n)
+        fit = fit_garch(body.iloc[:k], spec, None if previous is None else previous.starting_values)
+        if previous is not None and not fit.converged:
+            cold = fit_garch(body.iloc[:k], spec)
+            fit = cold if cold.converged or cold.loglik > fit.loglik else fit
+        values[k:end] = _features(_fixed(y.iloc[:end], fit), spec, start=k).to_numpy()
+        previous = fit
+    out = pd.DataFrame(index=returns.index, columns=list(GARCH_FEATURE_COLUMNS), dtype=float)
+    out.iloc[len(returns) - len(body) :, :] = values
+    return out

@@ -1,0 +1,510 @@
+"""GARCH-LSTM hybrid volatility forecaster (in the spirit of Kim & Won, 2018).
+
+An LSTM reads a window of the last ``lookback`` sessions of ``WINDOW_COLUMNS`` (returns, realised
+vols and the GARCH conditional vol and forecast) and predicts the annualised realised volatility of
+the next ``horizon`` sessions. The pieces compose like this:
+
+- :class:`LSTMSpec`: architecture and training budget (from :class:`~pipelines.settings.TrainConfig`),
+- :class:`GarchLSTMNet`: the plain :class:`torch.nn.Module` (input standardisation, LSTM, head),
+- :class:`GarchLSTMModule` / :class:`WindowDataModule`: thin Lightning wrappers for training,
+- :func:`fit_lstm`: trains with early stopping and returns a :class:`FittedLSTM`, the deployable
+  result (spec, best weights, loss history) that predicts, saves and loads without Lightning.
+
+Training minimises the L1 loss (MAE) of the volatility: it is the headline evaluation metric, and
+unlike MSE it is not dominated by the few crisis windows whose realised vol is several times the
+median.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from pipelines.settings import WINDOW_COLUMNS, TrainConfig
+
+__all__ = [
+    "FittedLSTM",
+    "GarchLSTMModule",
+    "GarchLSTMNet",
+    "LSTMSpec",
+    "WindowDataModule",
+    "fit_lstm",
+    "seq_columns",
+]
+
+_STATE_FILE = "state_dict.pt"
+_META_FILE = "fitted.json"
+_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+_MIN_STD = 1e-8
+_LOG_VOL_BOUNDS = (-12.0, 4.0)  # exp(4) = 5460% annualised vol: far outside any market
+
+
+@dataclass(frozen=True)
+class LSTMSpec:
+    """Architecture and training budget of the GARCH-LSTM.
+
+    Parameters
+    ----------
+    lookback : int
+        Sessions per input window.
+    hidden : int
+        LSTM hidden units.
+    layers : int
+        Stacked LSTM layers.
+    dropout : float
+        Dropout between LSTM layers (only with ``layers > 1``) and before the head.
+    lr : float
+        Adam learning rate.
+    batch_size : int
+        Training batch size.
+    max_epochs : int
+        Epoch budget.
+    patience : int
+        Epochs without validation improvement before early stopping.
+    seed : int
+        Seed of every random number generator involved.
+    n_features : int
+        Features per session (``len(WINDOW_COLUMNS)``).
+    horizon : int
+        Sessions ahead the target realised vol covers (metadata; it shapes the training target).
+    """
+
+    lookback: int = 20
+    hidden: int = 32
+    layers: int = 1
+    dropout: float = 0.1
+    lr: float = 3e-3
+    batch_size: int = 256
+    max_epochs: int = 30
+    patience: int = 4
+    seed: int = 7
+    n_features: int = len(WINDOW_COLUMNS)
+    horizon: int = 5
+
+    @classmethod
+    def from_train_config(cls, cfg: TrainConfig, horizon: int) -> LSTMSpec:
+        """The spec of a :class:`~pipelines.settings.TrainConfig` and forecast horizon."""
+        return cls(
+            lookback=cfg.lookback,
+            hidden=cfg.hidden,
+            layers=cfg.layers,
+            dropout=cfg.dropout,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            max_epochs=cfg.max_epochs,
+            patience=cfg.patience,
+            seed=cfg.seed,
+            n_features=len(WINDOW_COLUMNS),
+            horizon=horizon,
+        )
+
+    @property
+    def n_inputs(self) -> int:
+        """Length of a flattened window, ``lookback * n_features``."""
+        return self.lookback * self.n_features
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LSTMSpec:
+        return cls(**dict(data))
+
+
+def seq_columns(lookback: int, n_features: int) -> list[str]:
+    """Wide column names ``x000, x001, ...`` of a flattened (row-major) window.
+
+    Column ``x{i * n_features + j}`` holds feature ``j`` of the ``i``-th session of the window
+    (oldest first).
+    """
+    n = lookback * n_features
+    width = max(3, len(str(n - 1)))
+    return [f"x{i:0{width}d}" for i in range(n)]
+
+
+def _as_windows(X: np.ndarray, spec: LSTMSpec) -> np.ndarray:
+    """``X`` as float32 ``(N, lookback, n_features)``; accepts the flattened row-major form."""
+    arr = np.asarray(X, dtype=np.float32)
+    if arr.ndim == 2 and arr.shape[1] == spec.n_inputs:
+        arr = arr.reshape(arr.shape[0], spec.lookback, spec.n_features)
+    if arr.ndim != 3 or arr.shape[1:] != (spec.lookback, spec.n_features):
+        raise ValueError(
+            f"expected windows of shape (N, {spec.lookback}, {spec.n_features}) or "
+            f"(N, {spec.n_inputs}), got {np.asarray(X).shape}"
+        )
+    return arr
+
+
+class GarchLSTMNet(nn.Module):
+    """Standardise inputs, run an LSTM, map its last hidden state to a positive volatility.
+
+    The head predicts the log of the volatility; its bias starts at the log of the mean training
+    target so that training starts from the unconditional level.
+
+    Parameters
+    ----------
+    spec : LSTMSpec
+        Architecture.
+    x_mean, x_std : torch.Tensor, optional
+        Per-feature standardisation (``n_features``,), fitted on the training segment. Defaults
+        to identity; restored from the state dict when loading.
+    y_mean : float
+        Mean training target, used to initialise the head bias.
+    """
+
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+
+    def __init__(
+        self,
+        spec: LSTMSpec,
+        x_mean: torch.Tensor | None = None,
+        x_std: torch.Tensor | None = None,
+        y_mean: float = 0.2,
+    ) -> None:
+        super().__init__()
+        f = spec.n_features
+        self.register_buffer("x_mean", torch.zeros(f) if x_mean is None else x_mean.float())
+        self.register_buffer("x_std", torch.ones(f) if x_std is None else x_std.float())
+        self.lstm = nn.LSTM(
+            input_size=f,
+            hidden_size=spec.hidden,
+            num_layers=spec.layers,
+            dropout=spec.dropout if spec.layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.dropout = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(spec.hidden, 1)
+        with torch.no_grad():
+            self.head.bias.fill_(math.log(max(y_mean, 1e-6)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Volatility forecasts ``(N,)`` of windows ``(N, lookback, n_features)``."""
+        z = (x - self.x_mean) / self.x_std
+        out, _ = self.lstm(z)
+        log_vol = self.head(self.dropout(out[:, -1, :])).squeeze(-1)
+        return torch.exp(log_vol.clamp(*_LOG_VOL_BOUNDS))
+
+
+class GarchLSTMModule(L.LightningModule):
+    """Lightning wrapper of :class:`GarchLSTMNet`: L1 loss on the volatility, Adam.
+
+    Epoch losses are the exact sample means of the absolute errors (not means of batch means) and
+    are kept in :attr:`train_history` / :attr:`valid_history`; ``val_loss`` is logged for the
+    early-stopping and checkpoint callbacks.
+    """
+
+    def __init__(self, spec: LSTMSpec, net: GarchLSTMNet) -> None:
+        super().__init__()
+        self.spec = spec
+        self.net = net
+        self.train_history: list[float] = []
+        self.valid_history: list[float] = []
+        self._sums: dict[str, list[float]] = {"train": [0.0, 0.0], "valid": [0.0, 0.0]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: Sequence[torch.Tensor], segment: str) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.l1_loss(self.net(x), y)
+        acc = self._sums[segment]
+        acc[0] += float(loss.detach()) * len(y)
+        acc[1] += len(y)
+        return loss
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "valid")
+
+    def on_train_epoch_start(self) -> None:
+        self._sums["train"] = [0.0, 0.0]
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums["valid"] = [0.0, 0.0]
+
+    def on_validation_epoch_end(self) -> None:
+        total, n = self._sums["valid"]
+        val = total / max(n, 1.0)
+        self.valid_history.append(val)
+        self.log("val_loss", val, prog_bar=False)
+
+    def on_train_epoch_end(self) -> None:
+        total, n = self._sums["train"]
+        self.train_history.append(total / max(n, 1.0))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.spec.lr)
+
+
+class WindowDataModule(L.LightningDataModule):
+    """Chronological named segments of windows (``"train"``, ``"valid"``, optionally more).
+
+    Segments are kept apart: batches never mix segments. Only ``"train"`` is shuffled, within
+    itself, by a generator seeded with ``seed``.
+
+    Parameters
+    ----------
+    segments : mapping of str to (X, y)
+        ``X`` of shape ``(N, lookback, n_features)``, ``y`` of shape ``(N,)``, oldest first.
+    batch_size : int
+        Batch size of every loader.
+    seed : int
+        Seed of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        segments: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.seed = seed
+        self._data: dict[str, TensorDataset] = {}
+        for name, (X, y) in segments.items():
+            x_arr = np.asarray(X, dtype=np.float32)
+            y_arr = np.asarray(y, dtype=np.float32).ravel()
+            if x_arr.ndim != 3 or len(x_arr) != len(y_arr):
+                raise ValueError(
+                    f"segment {name!r}: need X (N, lookback, F) and y (N,), got "
+                    f"{x_arr.shape} and {y_arr.shape}"
+                )
+            self._data[name] = TensorDataset(torch.from_numpy(x_arr), torch.from_numpy(y_arr))
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self._data)
+
+    def segment(self, name: str) -> TensorDataset:
+        """The dataset of one segment."""
+        try:
+            return self._data[name]
+        except KeyError:
+            raise KeyError(f"no segment {name!r}; have {list(self._data)}") from None
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.segment(name),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=gen,
+            num_workers=0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self._data else "valid", shuffle=False)
+
+
+@dataclass
+class FittedLSTM:
+    """A trained GARCH-LSTM: spec, best weights and training history.
+
+    Parameters
+    ----------
+    spec : LSTMSpec
+        Architecture and budget it was trained with.
+    state_dict : dict of str to torch.Tensor
+        Weights of :class:`GarchLSTMNet` (CPU tensors), standardisation buffers included.
+    train_loss, valid_loss : list of float
+        Per-epoch mean L1 loss on the two segments.
+    best_epoch : int
+        Zero-based epoch whose weights were kept (lowest validation loss).
+    """
+
+    spec: LSTMSpec
+    state_dict: dict[str, torch.Tensor]
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    _net: GarchLSTMNet | None = field(default=None, init=False, repr=False, compare=False)
+
+    def network(self) -> GarchLSTMNet:
+        """The network with the fitted weights, in eval mode on the CPU (built once)."""
+        if self._net is None:
+            net = GarchLSTMNet(self.spec)
+            net.load_state_dict(self.state_dict)
+            net.eval()
+            self._net = net
+        return self._net
+
+    def predict(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """Annualised vol forecasts ``(N,)`` of windows ``(N, lookback, F)`` or ``(N, lookback*F)``."""
+        windows = _as_windows(X, self.spec)
+        net = self.network()
+        out = np.empty(len(windows), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(windows), batch_size):
+                chunk = torch.from_numpy(windows[start : start + batch_size])
+                out[start : start + len(chunk)] = net(chunk).numpy()
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``state_dict.pt`` and ``fitted.json`` into the folder ``path`` (created)."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict.items()}, folder / _STATE_FILE)
+        meta = {
+            "spec": self.spec.to_dict(),
+            "train_loss": self.train_loss,
+            "valid_loss": self.valid_loss,
+            "best_epoch": self.best_epoch,
+        }
+        (folder / _META_FILE).write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedLSTM:
+        """Read a model written by :meth:`save` (weights loaded with ``weights_only=True``)."""
+        folder = Path(path)
+        meta = json.loads((folder / _META_FILE).read_text())
+        state = torch.load(folder / _STATE_FILE, map_location="cpu", weights_only=True)
+        return cls(
+            spec=LSTMSpec.from_dict(meta["spec"]),
+            state_dict=dict(state),
+            train_loss=[float(v) for v in meta["train_loss"]],
+            valid_loss=[float(v) for v in meta["valid_loss"]],
+            best_epoch=int(meta["best_epoch"]),
+        )
+
+
+def _check_segment(name: str, X: np.ndarray, y: np.ndarray, spec: LSTMSpec) -> np.ndarray:
+    windows = _as_windows(X, spec)
+    target = np.asarray(y, dtype=np.float64).ravel()
+    if len(windows) == 0 or len(windows) != len(target):
+        raise ValueError(f"{name}: need as many (> 0) windows as targets, got "
+                         f"{len(windows)} and {len(target)}")
+    if not (np.isfinite(windows).all() and np.isfinite(target).all()):
+        raise ValueError(f"{name}: windows and targets must be finite")
+    if (target <= 0).any():
+        raise ValueError(f"{name}: target volatilities must be positive")
+    return windows
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's INFO logging and warnings; restore global switches afterwards."""
+    levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def fit_lstm(
+    spec: LSTMSpec,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_valid: np.ndarray,
+    y_valid: np.ndarray,
+    callbacks: Sequence[Callback] = (),
+) -> FittedLSTM:
+    """Train a GARCH-LSTM with early stopping and keep the best validation weights.
+
+    Parameters
+    ----------
+    spec : LSTMSpec
+        Architecture and budget.
+    X_train, X_valid : numpy.ndarray
+        Windows ``(N, lookback, n_features)`` (or flattened row-major), oldest first.
+    y_train, y_valid : numpy.ndarray
+        Forward realised vol ``(N,)``, annualised decimal.
+    callbacks : sequence of lightning.pytorch.callbacks.Callback
+        Extra callbacks (e.g. an Optuna pruning callback monitoring ``val_loss``).
+
+    Returns
+    -------
+    FittedLSTM
+        Best-epoch weights on the CPU and the per-epoch loss history.
+
+    Notes
+    -----
+    Seeds every generator with ``spec.seed`` and trains with ``deterministic=True``: two calls
+    with the same inputs on the same machine give identical weights. The input standardisation is
+    fitted on the training segment only.
+    """
+    x_tr = _check_segment("train", X_train, y_train, spec)
+    x_va = _check_segment("valid", X_valid, y_valid, spec)
+    flat = x_tr.reshape(-1, spec.n_features).astype(np.float64)
+    x_mean = torch.from_numpy(flat.mean(axis=0)).float()
+    x_std = torch.from_numpy(np.maximum(flat.std(axis=0), _MIN_STD)).float()
+    y_mean = float(np.mean(y_train))
+
+    with _quiet_lightning(), tempfile.TemporaryDirectory(prefix="garch_lstm_") as tmp:
+        L.seed_everything(spec.seed, workers=True, verbose=False)
+        net = GarchLSTMNet(spec, x_mean=x_mean, x_std=x_std, y_mean=y_mean)
+        module = GarchLSTMModule(spec, net)
+        data = WindowDataModule(
+            {"train": (x_tr, np.asarray(y_train)), "valid": (x_va, np.asarray(y_valid))},
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+        )
+        checkpoint = ModelCheckpoint(
+            dirpath=tmp,
+            filename="best",
+            monitor="val_loss",
+            mode="min",
+            save_top_k=1,
+            save_weights_only=True,
+            enable_version_counter=False,
+        )
+        stopper = EarlyStopping(monitor="val_loss", mode="min", patience=spec.patience)
+        trainer = L.Trainer(
+            accelerator="auto",
+            devices=1,
+            max_epochs=spec.max_epochs,
+            deterministic=True,
+            callbacks=[stopper, checkpoint, *callbacks],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
+        )
+        trainer.fit(module, datamodule=data)
+        if checkpoint.best_model_path:
+            ckpt = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+            module.load_state_dict(ckpt["state_dict"])
+    state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
+    valid = list(module.valid_history)
+    return FittedLSTM(
+        spec=spec,
+        state_dict=state,
+        train_loss=list(module.train_history),
+        valid_loss=valid,
+        best_epoch=int(np.argmin(valid)) if valid else 0,
+    )

@@ -1,0 +1,291 @@
+"""Adapter for the embedded Airflow: its environment, its metadata DB, and ``airflow dags test``.
+
+Everything here is cheap to import (standard library and :mod:`pipelines.settings` only): the
+CLI imports it before deciding whether Airflow is needed at all, and the DAG tasks import
+:func:`session_for` from it.
+
+* :func:`airflow_env` is the environment the embedded stack runs under (Airflow, MLflow, Feast).
+* :func:`write_env_sh` writes ``$AFTERBELL_HOME/env.sh`` so that ``. .afterbell/env.sh`` makes
+  plain ``airflow``, ``mlflow`` and ``feast`` talk to that stack from any working directory.
+* :func:`ensure_airflow_db` runs ``airflow db migrate`` once (a fast no-op afterwards).
+* :func:`dags_test` runs one DAG run in-process with ``airflow dags test`` and reports failures.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Mapping
+from datetime import date
+from importlib import metadata
+from pathlib import Path
+
+from pipelines.settings import REPO_ROOT, Settings
+
+__all__ = [
+    "airflow_env",
+    "airflow_version",
+    "dags_test",
+    "ensure_airflow_db",
+    "run_states",
+    "session_for",
+    "write_env_sh",
+]
+
+#: Environment variable read by the DAG files (at parse time, a plain ``os.environ`` lookup) to
+#: override the default task retries (2). :func:`dags_test` sets it: ``airflow dags test`` waits
+#: out retry delays in-process, so a deterministic failure would otherwise block for minutes.
+RETRIES_ENV = "AFTERBELL_TASK_RETRIES"
+
+#: Stamp written next to the SQLite DB after a successful ``airflow db migrate``.
+_STAMP = ".afterbell-db-migrated.json"
+
+#: Task states that make a DAG run count as failed.
+_FAILED_STATES = frozenset({"failed", "upstream_failed"})
+
+
+# --------------------------------------------------------------------------------- session
+def session_for(ds: str | date | None) -> str | None:
+    """The NYSE session a DAG run with logical date ``ds`` works on, or None on a non-session.
+
+    The session is the calendar date of the logical date (``ds``, ``YYYY-MM-DD``): the nightly
+    16:00 New York run and ``airflow dags test nightly_cycle 2018-12-31`` both carry the session's
+    date. Weekends and exchange holidays give None (the DAG then short-circuits).
+    """
+    if ds is None or ds == "":
+        return None
+    from pipelines.calendar import is_session, to_date
+
+    day = to_date(ds)
+    return day.isoformat() if is_session(day) else None
+
+
+# --------------------------------------------------------------------------------- environment
+def airflow_version() -> str:
+    """Installed Airflow core version, read from package metadata (no airflow import)."""
+    try:
+        return metadata.version("apache-airflow-core")
+    except metadata.PackageNotFoundError:  # pragma: no cover - older layouts
+        return metadata.version("apache-airflow")
+
+
+def _db_path(settings: Settings) -> Path:
+    return settings.airflow_home / "airflow.db"
+
+
+def _venv_bin() -> Path:
+    # Not resolved: a venv's python is usually a symlink to the base interpreter.
+    return Path(sys.executable).absolute().parent
+
+
+def _prefixed(first: str, rest: str | None) -> str:
+    parts = [first] + [p for p in (rest or "").split(os.pathsep) if p and p != first]
+    return os.pathsep.join(parts)
+
+
+def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment variables the embedded stack needs (merge them over ``os.environ``).
+
+    ``PATH`` and ``PYTHONPATH`` are prefixed onto their values in ``base`` (default:
+    ``os.environ``); every other value is absolute and independent of the working directory.
+    ``PYTHONPATH`` carries the checkout root because ``pipelines`` must be importable by task
+    processes started from any working directory (the editable install does not guarantee it).
+    """
+    base = os.environ if base is None else base
+    home = settings.home
+    return {
+        "AFTERBELL_HOME": str(home),
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_dir),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_db_path(settings)}",
+        # api-server bind address ([api] host; 0.0.0.0 by default) and the URL task processes
+        # use to reach its execution API (default http://localhost:8080/execution/).
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": "8080",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:8080/execution/",
+        # INFO keeps the per-task "Task ... finished" lines and stage log lines visible in
+        # ``airflow dags test``; the noisy namespaces are turned down individually.
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": (
+            "great_expectations=WARNING alembic=WARNING sqlalchemy=WARNING "
+            "httpx=WARNING urllib3=WARNING numexpr=WARNING"
+        ),
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        # Read by the feast CLI only (click envvar of ``feast --chdir``): plain ``feast`` works
+        # from any cwd without changing what ``FeatureStore(repo_path=...)`` reads in Python.
+        "FEATURE_REPO_DIR_ENV_VAR": str(settings.feature_repo),
+        "PYTHONPATH": _prefixed(str(REPO_ROOT), base.get("PYTHONPATH")),
+        "PATH": _prefixed(str(_venv_bin()), base.get("PATH", os.defpath)),
+    }
+
+
+def _full_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(airflow_env(settings))
+    env.update(extra or {})
+    return env
+
+
+def write_env_sh(settings: Settings) -> Path:
+    """Write ``settings.home/env.sh``; ``. .afterbell/env.sh`` then points the CLIs at the stack.
+
+    Values are absolute and shell-quoted; ``PATH`` and ``PYTHONPATH`` are prefixed onto the
+    values of the sourcing shell rather than frozen at write time.
+    """
+    env = airflow_env(settings, base={})
+    lines = [
+        "# afterbell: environment of the embedded stack. Generated by pipelines.airflow_env;",
+        "# regenerate with `afterbell env`. Usage: . " + shlex.quote(str(settings.home / "env.sh")),
+    ]
+    for key, value in env.items():
+        if key in ("PATH", "PYTHONPATH"):
+            continue
+        lines.append(f"export {key}={shlex.quote(value)}")
+    venv_bin, repo = shlex.quote(str(_venv_bin())), shlex.quote(str(REPO_ROOT))
+    lines.append(f'export PYTHONPATH={repo}"${{PYTHONPATH:+:$PYTHONPATH}}"')
+    lines.append(f'case ":$PATH:" in *:{venv_bin}:*) ;; *) export PATH={venv_bin}":$PATH" ;; esac')
+    settings.home.mkdir(parents=True, exist_ok=True)
+    path = settings.home / "env.sh"
+    tmp = path.with_suffix(".sh.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------------- metadata DB
+def _db_is_migrated(db: Path) -> bool:
+    """Cheap check: the SQLite file exists and has an alembic revision and the core tables."""
+    if not db.is_file():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            rev = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            tables = {
+                r[0]
+                for r in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' "
+                    "AND name IN ('dag_run', 'task_instance', 'dag_bundle')"
+                )
+            }
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return rev is not None and len(tables) == 3
+
+
+def ensure_airflow_db(settings: Settings) -> None:
+    """Run ``airflow db migrate`` unless this Airflow version already migrated this DB.
+
+    A no-op costs a few milliseconds: a stamp file (Airflow version + DB path) next to the DB and
+    a read-only look at its ``alembic_version`` table. Concurrent callers serialise on a lock.
+    """
+    home = settings.airflow_home
+    home.mkdir(parents=True, exist_ok=True)
+    db, stamp_path = _db_path(settings), home / _STAMP
+    stamp = {"airflow": airflow_version(), "db": str(db)}
+
+    def up_to_date() -> bool:
+        try:
+            return json.loads(stamp_path.read_text()) == stamp and _db_is_migrated(db)
+        except (OSError, ValueError):
+            return False
+
+    if up_to_date():
+        return
+    with open(home / ".db-migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if up_to_date():  # another process migrated while we waited
+            return
+        proc = subprocess.run(
+            ["airflow", "db", "migrate"],
+            env=_full_env(settings),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0 or not _db_is_migrated(db):
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+            raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}):\n{tail}")
+        stamp_path.write_text(json.dumps(stamp))
+
+
+# --------------------------------------------------------------------------------- dags test
+def run_states(settings: Settings, dag_id: str, session: str) -> dict[str, str]:
+    """Task id -> state of the latest run of ``dag_id`` whose logical date falls on ``session``.
+
+    Reads the SQLite metadata DB directly (no airflow import); empty if there is no such run.
+    """
+    db = _db_path(settings)
+    if not db.is_file():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = con.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? AND substr(logical_date, 1, 10) = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (dag_id, session),
+        ).fetchone()
+        if row is None:
+            return {}
+        rows = con.execute(
+            "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ? "
+            "ORDER BY task_id",
+            (dag_id, row[0]),
+        ).fetchall()
+    finally:
+        con.close()
+    return {task_id: state or "none" for task_id, state in rows}
+
+
+def dags_test(
+    settings: Settings,
+    dag_id: str,
+    session: str,
+    *,
+    verbose: bool = False,
+    retries: int | None = 0,
+) -> int:
+    """Run ``airflow dags test <dag_id> <session>`` in the embedded environment; exit code.
+
+    Output streams to the terminal as it comes. ``verbose`` adds Airflow's own DEBUG logging.
+    ``retries`` overrides the DAG's task retries (``None`` keeps its default of 2): ``dags test``
+    waits out retry delays in-process, which for a deterministic failure only adds minutes.
+
+    Airflow 3.3 exits 1 ("DagRun failed") when the run fails; the task states are also read back
+    from the DB, so a failed task yields a non-zero code even if the CLI exits 0. A run whose
+    session is not an NYSE session short-circuits: every task after ``resolve_session`` is
+    skipped and the code is 0.
+    """
+    ensure_airflow_db(settings)
+    extra = {"AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG"} if verbose else {}
+    if retries is not None:
+        extra[RETRIES_ENV] = str(retries)
+    cmd = ["airflow", "dags", "test", dag_id, session]
+    print(f"$ {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    code = subprocess.run(cmd, env=_full_env(settings, extra), check=False).returncode
+    states = run_states(settings, dag_id, session)
+    failed = sorted(t for t, s in states.items() if s in _FAILED_STATES)
+    if states:
+        counts: dict[str, int] = {}
+        for s in states.values():
+            counts[s] = counts.get(s, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        print(f"{dag_id} {session}: {summary}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"{dag_id} {session}: failed tasks: {', '.join(failed)}", file=sys.stderr)
+        return code or 1
+    if code == 0 and not states:
+        print(f"{dag_id} {session}: no DAG run recorded", file=sys.stderr)
+        return 1
+    return code

@@ -1,0 +1,236 @@
+"""``afterbell``: the command line of the nightly cycle.
+
+Errors print as one line (``afterbell: error: ...``) and exit 1; ``--verbose`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import ALIAS_CHAMPION, Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="afterbell", description=__doc__.splitlines()[0])
+    p.add_argument("--verbose", "-v", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the nightly cycle for one session through Airflow")
+    run.add_argument("--session", help="NYSE session YYYY-MM-DD (default: AFTERBELL_SESSION)")
+    run.add_argument("--no-summary", action="store_true", help="skip the closing summary")
+
+    st = sub.add_parser("stage", help="run one stage outside Airflow (same code as the task)")
+    st.add_argument("name", help="close_analysis, light_training, data_processing, "
+                    "heavy_training, validation or pre_market")
+    st.add_argument("--session", required=True)
+
+    ing = sub.add_parser("ingest", help="ingest and validate one session's bars")
+    ing.add_argument("--session", required=True)
+    ing.add_argument("--source", help="CSV or Parquet file of bars (default: the replay source)")
+
+    srv = sub.add_parser("serve", help="serve the champion over HTTP")
+    srv.add_argument("--host", default=None)
+    srv.add_argument("--port", type=int, default=None)
+
+    sm = sub.add_parser("summary", help="print the summary of a session's cycle")
+    sm.add_argument("--session", help="NYSE session YYYY-MM-DD (default: AFTERBELL_SESSION)")
+    sm.add_argument("--no-serve", action="store_true", help="do not start the app to query it")
+
+    sub.add_parser("env", help="write $AFTERBELL_HOME/env.sh and print the environment")
+    sub.add_parser("init", help="prepare the state directory (Airflow DB, env.sh, Feast)")
+    return p
+
+
+def _init(settings: Settings) -> Path:
+    from pipelines.airflow_env import ensure_airflow_db, write_env_sh
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    env_sh = write_env_sh(settings)
+    _say(f"state in {settings.home}; preparing the Airflow database")
+    ensure_airflow_db(settings)
+    return env_sh
+
+
+def _say(msg: str) -> None:
+    print(f"[afterbell] {msg}", flush=True)
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines import calendar
+    from pipelines.airflow_env import dags_test
+
+    session = calendar.require_session(args.session or settings.default_session).isoformat()
+    _init(settings)
+    _say(f"running nightly_cycle for session {session} (airflow dags test)")
+    t0 = time.perf_counter()
+    rc = dags_test(settings, "nightly_cycle", session, verbose=args.verbose)
+    rc = rc if isinstance(rc, int) else rc.returncode
+    if rc != 0:
+        raise RuntimeError(f"nightly_cycle for {session} failed (exit {rc}); see the task log "
+                           "above")
+    _say(f"nightly_cycle {session} finished in {time.perf_counter() - t0:.0f}s")
+    if not args.no_summary:
+        print(summary_text(settings, session, serve=True))
+    return 0
+
+
+def cmd_stage(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.stages import STAGES
+
+    if args.name not in STAGES:
+        raise ValueError(f"unknown stage {args.name!r}; stages: {', '.join(STAGES)}")
+    for fn in STAGES[args.name]:
+        _say(f"{args.name}.{fn.__name__} {args.session}")
+        print(json.dumps(fn(args.session, settings=settings), indent=2, default=str))
+    return 0
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.stages import ingest
+
+    print(json.dumps(ingest(args.session, source=args.source, settings=settings), indent=2,
+                     default=str))
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.serving import serve
+
+    host = args.host or settings.serve_host
+    port = args.port or settings.serve_port
+    _say(f"serving {settings.model_name}@{ALIAS_CHAMPION} on http://{host}:{port}")
+    serve(settings, host, port)
+    return 0
+
+
+def cmd_env(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.airflow_env import write_env_sh
+
+    path = write_env_sh(settings)
+    print(path.read_text(), end="")
+    print(f"# written to {path}; load it with: . {path}")
+    return 0
+
+
+def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    env_sh = _init(settings)
+    _say(f"ready; load the environment with: . {env_sh}")
+    return 0
+
+
+def cmd_summary(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines import calendar
+
+    session = calendar.require_session(args.session or settings.default_session).isoformat()
+    print(summary_text(settings, session, serve=not args.no_serve))
+    return 0
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
+    """The closing summary of ``make run``: what ran, what was decided, what is served."""
+    from pipelines import registry
+
+    runs = settings.runs_dir / f"session={session}"
+    ing, val = _read(runs / "ingest.json"), _read(runs / "validation.json")
+    heavy, pre = _read(runs / "heavy_training.json"), _read(runs / "pre_market.json")
+    champion = registry.alias_version(settings, ALIAS_CHAMPION)
+    lines = [
+        "",
+        "=" * 72,
+        f"afterbell nightly cycle - session {session}",
+        "=" * 72,
+        f"symbols          {ing.get('symbols', '?')} ingested ({len(settings.universe)} in the "
+        f"universe); {ing.get('sessions_written', '?')} session(s) written to the lake",
+        f"data quality     {ing.get('data_quality', 'unknown')} "
+        f"({ing.get('expectations', '?')} expectations)",
+        f"challenger       {settings.model_name} v{heavy.get('version', '?')}"
+        f"{' (reused)' if heavy.get('reused') else ''}",
+    ]
+    if val:
+        lines.append(f"validation       {val['decision']}: " + "; ".join(val["reasons"]))
+        h = val["holdout"]
+        lines.append(f"holdout          {h['start']}..{h['end']}, {h['rows']} forecasts of "
+                     f"{h['horizon']}-session realised vol")
+        lines.append(f"  {'model':<12}{'MAE':>10}{'RMSE':>10}{'QLIKE':>10}")
+        for name, m in val["metrics"].items():
+            lines.append(f"  {name:<12}{m['mae']:>10.4f}{m['rmse']:>10.4f}{m['qlike']:>10.4f}")
+    lines.append(
+        f"champion         {settings.model_name} v{champion.version} (alias {ALIAS_CHAMPION})"
+        if champion else "champion         none yet (the challenger did not pass the gate)"
+    )
+    if pre:
+        lines.append(f"pre-market       {pre.get('forecasts', 0)} forecasts for "
+                     f"{pre.get('for_session', '?')}")
+    if serve and champion is not None:
+        from pipelines.live import free_port, query_all, running_server
+
+        with running_server(settings, "127.0.0.1", free_port()) as base:
+            answers = query_all(base, list(settings.universe))
+        served = {k: v for k, v in answers["predictions"].items() if "forecast" in v}
+        lines.append(f"served           {len(served)}/{len(settings.universe)} symbols answered "
+                     "GET /predict/{symbol}, e.g.:")
+        for sym in list(served)[:3]:
+            v = served[sym]
+            lines.append(f"  {sym:<6} vol over next {v['horizon']} sessions {v['forecast']:.3f} "
+                         f"(v{v['model']['version']}, features as of {v['feature_timestamp']})")
+    docs = ing.get("data_docs")
+    lines += [
+        "",
+        "next steps",
+        "  . .afterbell/env.sh            plain airflow / mlflow / feast talk to this stack",
+        "  make airflow-ui                Airflow UI on http://127.0.0.1:8080",
+        "  make mlflow-ui                 MLflow UI on http://127.0.0.1:5000",
+        "  .venv/bin/afterbell serve      GET http://127.0.0.1:8000/predict/AAPL",
+        f"  data docs                      {docs or settings.reports_dir}",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "stage": cmd_stage,
+    "ingest": cmd_ingest,
+    "serve": cmd_serve,
+    "env": cmd_env,
+    "init": cmd_init,
+    "summary": cmd_summary,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("great_expectations", "feast", "mlflow", "alembic", "lightning",
+                  "lightning.pytorch", "httpx", "urllib3", "numexpr"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = Settings.from_env()
+        return COMMANDS[args.command](settings, args)
+    except KeyboardInterrupt:
+        print("afterbell: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"afterbell: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

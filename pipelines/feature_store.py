@@ -1,0 +1,442 @@
+"""Feast adapter: the only module of the pipeline that talks to the feature store.
+
+The declarative definitions live in ``feature_repo/`` (entities, sources, views, services); this
+module writes the offline tables those sources read, registers the definitions, materialises
+explicit intervals into the SQLite online store and reads features back for training (point-in-time
+join) and serving (online lookup).
+
+``feature_repo/feature_store.yaml`` and ``feature_repo/data_sources.py`` are parameterised by the
+``AFTERBELL_HOME`` environment variable (Feast expands ``${VARS}`` in the yaml). Every entry point
+here therefore sets ``os.environ["AFTERBELL_HOME"] = str(settings.home)`` first, overwriting a
+different value: the :class:`~pipelines.settings.Settings` passed in is the source of truth.
+
+Feast is imported lazily (about 3.5 s) so that importing this module stays cheap.
+
+Notes
+-----
+* Never use ``materialize_incremental``: on a view that was never materialised it starts at
+  ``now - ttl``. :func:`materialize` always takes an explicit ``[start, end]``.
+* The SQLite online store overwrites unconditionally: materialising an *older* interval after a
+  newer one moves the online values back in time. Backfills must materialise oldest first (or end
+  with the most recent interval).
+* The file (dask) offline store returns nulls, not an error, for entity rows whose latest feature
+  row is older than the view's TTL (14 days).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS, WINDOW_TABLE_COLUMNS
+from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+
+ViewName = Literal["market_features", "garch_features", "lstm_window"]
+
+#: Feature views of the repo and the feature columns of their offline tables.
+VIEW_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "market_features": FEATURE_COLUMNS,
+        "garch_features": GARCH_COLUMNS,
+        "lstm_window": WINDOW_TABLE_COLUMNS,
+    }
+)
+
+#: Default feature service of the live model.
+DEFAULT_SERVICE = "garch_lstm_v1"
+
+#: Entity join key and timestamp column of every offline table and entity frame.
+ENTITY_KEY = "symbol"
+TIMESTAMP_COLUMN = "event_timestamp"
+
+_ROW_ID = "afterbell_row_id"
+
+
+# ------------------------------------------------------------------------------------- offline
+def offline_path(settings: Settings, view: ViewName) -> Path:
+    """Path of the offline parquet file backing ``view``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings (``offline_dir``).
+    view : {"market_features", "garch_features", "lstm_window"}
+        Feature view name.
+
+    Returns
+    -------
+    Path
+        ``settings.offline_dir / f"{view}.parquet"`` (the path ``feature_repo/data_sources.py``
+        builds).
+    """
+    _check_view(view)
+    return settings.offline_dir / f"{view}.parquet"
+
+
+def write_offline_table(settings: Settings, view: ViewName, df: pd.DataFrame) -> Path:
+    """Atomically replace the offline table of ``view`` with ``df``.
+
+    The frame is validated against the data contract, ``event_timestamp`` is normalised to
+    ``datetime64[ns, UTC]``, and the file is written to a temporary name in the same folder and
+    moved into place with :func:`os.replace`, so readers never see a half-written file.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings (``offline_dir``).
+    view : {"market_features", "garch_features", "lstm_window"}
+        Feature view whose source file is written.
+    df : pandas.DataFrame
+        The full table: ``symbol``, ``session``, ``event_timestamp`` and the view's feature
+        columns (extra columns are kept).
+
+    Returns
+    -------
+    Path
+        The parquet file written.
+
+    Raises
+    ------
+    ValueError
+        If ``view`` is unknown, a required column is missing, or ``event_timestamp`` has nulls.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = offline_path(settings, view)
+    required = ("symbol", "session", TIMESTAMP_COLUMN, *VIEW_COLUMNS[view])
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"offline table {view} lacks columns {missing}; required: {required}")
+    out = df.copy()
+    out["symbol"] = out["symbol"].astype(str)
+    out[TIMESTAMP_COLUMN] = _to_utc(out[TIMESTAMP_COLUMN])
+    if out[TIMESTAMP_COLUMN].isna().any():
+        raise ValueError(f"offline table {view}: event_timestamp has nulls")
+    if view == "lstm_window":
+        out["asof"] = out["asof"].astype("int64")
+    out = out.sort_values([TIMESTAMP_COLUMN, "symbol"], kind="stable").reset_index(drop=True)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(out, preserve_index=False)
+    if view == "lstm_window":
+        seq_idx = table.schema.get_field_index("seq")
+        table = table.set_column(seq_idx, "seq", table.column("seq").cast(pa.list_(pa.float64())))
+    fd, tmp = tempfile.mkstemp(prefix=f".{view}.", suffix=".parquet.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------- store
+def get_store(settings: Settings) -> FeatureStore:
+    """Open the feature store of ``settings.home``.
+
+    Sets ``os.environ["AFTERBELL_HOME"] = str(settings.home)`` when it is absent or different
+    (``feature_store.yaml`` and ``data_sources.py`` read it) and creates ``settings.feast_dir``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings.
+
+    Returns
+    -------
+    feast.FeatureStore
+        Store configured from ``settings.feature_repo / "feature_store.yaml"``.
+    """
+    from feast import FeatureStore
+
+    _export_home(settings)
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(settings.feature_repo))
+
+
+def load_definitions(settings: Settings) -> list[Any]:
+    """Import the definition modules of the feature repo and collect their Feast objects.
+
+    Modules are executed afresh on every call (by file path, honouring ``.feastignore``), so the
+    data-source paths follow the current ``AFTERBELL_HOME``. Sibling imports such as
+    ``from entities import symbol`` resolve inside the repo folder, as under the ``feast`` CLI;
+    the temporary ``sys.path`` / ``sys.modules`` entries are removed afterwards.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings (``feature_repo``; ``home`` is exported first).
+
+    Returns
+    -------
+    list
+        Unique (by identity) data sources, entities, feature views and feature services.
+    """
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+    from feast.repo_operations import get_repo_files
+
+    _export_home(settings)
+    kinds = (DataSource, Entity, FeatureView, FeatureService)
+    objects: list[Any] = []
+    repo = settings.feature_repo.resolve()
+    files = get_repo_files(repo)
+    with _repo_import_context(repo, [f.stem for f in files]):
+        for file in files:
+            module = _load_module(file)
+            for name in sorted(vars(module)):
+                obj = getattr(module, name)
+                if isinstance(obj, kinds) and not any(obj is o for o in objects):
+                    objects.append(obj)
+    return objects
+
+
+def apply_repo(settings: Settings) -> None:
+    """Register every definition of ``feature_repo/`` (idempotent).
+
+    Equivalent to ``cd feature_repo && feast apply``: objects of the project that are no longer
+    defined in the repo are removed. Running it again with unchanged definitions is a no-op.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings.
+    """
+    objects = load_definitions(settings)
+    store = get_store(settings)
+    names = {(type(o).__name__, o.name) for o in objects}
+    stale: list[Any] = [
+        *(v for v in store.list_feature_views() if ("FeatureView", v.name) not in names),
+        *(s for s in store.list_feature_services() if ("FeatureService", s.name) not in names),
+        *(
+            e
+            for e in store.list_entities()
+            if ("Entity", e.name) not in names and e.name != "__dummy"
+        ),
+    ]
+    with _quiet():
+        store.apply(objects, objects_to_delete=stale, partial=not stale)
+    log.info(
+        "feast apply: %d objects registered, %d removed (%s)",
+        len(objects),
+        len(stale),
+        settings.feast_dir,
+    )
+
+
+def materialize(
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    views: Sequence[str] | None = None,
+) -> None:
+    """Load the rows with ``start <= event_timestamp <= end`` into the online store.
+
+    The latest row per symbol in the interval overwrites the online value (unconditionally: see
+    the module notes about materialising older intervals).
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings.
+    start, end : datetime
+        Interval bounds; naive datetimes are taken as UTC.
+    views : sequence of str, optional
+        Feature views to materialise (default: all three).
+
+    Raises
+    ------
+    ValueError
+        If ``start > end`` or a view name is unknown.
+    """
+    start_utc, end_utc = _as_utc(start), _as_utc(end)
+    if start_utc > end_utc:
+        raise ValueError(f"materialize: start {start_utc} is after end {end_utc}")
+    selected = list(views) if views is not None else list(VIEW_COLUMNS)
+    for view in selected:
+        _check_view(view)
+    store = get_store(settings)
+    with _quiet():
+        store.materialize(start_date=start_utc, end_date=end_utc, feature_views=selected)
+    log.info("materialised %s over [%s, %s]", ", ".join(selected), start_utc, end_utc)
+
+
+def historical_features(
+    settings: Settings,
+    entity_df: pd.DataFrame,
+    features: Sequence[str] | str,
+) -> pd.DataFrame:
+    """Point-in-time join of features onto ``entity_df``.
+
+    For each entity row the latest feature row with ``event_timestamp <= entity event_timestamp``
+    (and not older than the view's TTL) is joined; later rows are never used.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings.
+    entity_df : pandas.DataFrame
+        ``symbol`` and ``event_timestamp`` (naive values are taken as UTC); other columns
+        (labels, ``session``) are passed through.
+    features : sequence of str or str
+        Either ``"view:feature"`` references or the name of a feature service.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``entity_df``'s columns plus one column per feature (named after the feature), in the
+        row order of ``entity_df`` and with its index reset.
+
+    Raises
+    ------
+    ValueError
+        If ``entity_df`` lacks ``symbol`` or ``event_timestamp``.
+    """
+    missing = [c for c in (ENTITY_KEY, TIMESTAMP_COLUMN) if c not in entity_df.columns]
+    if missing:
+        raise ValueError(f"entity_df lacks columns {missing}")
+    store = get_store(settings)
+    refs: Any = store.get_feature_service(features) if isinstance(features, str) else list(features)
+    frame = entity_df.reset_index(drop=True).copy()
+    frame[TIMESTAMP_COLUMN] = _to_utc(frame[TIMESTAMP_COLUMN])
+    frame[_ROW_ID] = range(len(frame))
+    with _quiet():
+        out = store.get_historical_features(entity_df=frame, features=refs).to_df()
+    out = out.sort_values(_ROW_ID, kind="stable").drop(columns=_ROW_ID)
+    return out.reset_index(drop=True)
+
+
+def online_features(
+    settings: Settings,
+    symbols: Sequence[str],
+    service: str = DEFAULT_SERVICE,
+    *,
+    store: FeatureStore | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Latest online feature values per symbol.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings.
+    symbols : sequence of str
+        Symbols to look up (looked up as given; callers upper-case them).
+    service : str, default "garch_lstm_v1"
+        Feature service whose features are read.
+    store : feast.FeatureStore, optional
+        An already open store (the serving app keeps one); opened from ``settings`` otherwise.
+
+    Returns
+    -------
+    dict of str to dict
+        ``{symbol: {feature: value}}``. A symbol without an online row has every value ``None``
+        (see :func:`missing_symbols`).
+    """
+    if not symbols:
+        return {}
+    fs = store if store is not None else get_store(settings)
+    response = fs.get_online_features(
+        features=fs.get_feature_service(service),
+        entity_rows=[{ENTITY_KEY: s} for s in symbols],
+    ).to_dict()
+    names = [k for k in response if k != ENTITY_KEY]
+    return {sym: {name: response[name][i] for name in names} for i, sym in enumerate(symbols)}
+
+
+def missing_symbols(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Symbols of an :func:`online_features` answer that have no online row at all.
+
+    Parameters
+    ----------
+    rows : dict of str to dict
+        Output of :func:`online_features`.
+
+    Returns
+    -------
+    list of str
+        Symbols whose feature values are all ``None``.
+    """
+    return [s for s, values in rows.items() if all(v is None for v in values.values())]
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _check_view(view: str) -> None:
+    if view not in VIEW_COLUMNS:
+        raise ValueError(f"unknown feature view {view!r}; known: {', '.join(VIEW_COLUMNS)}")
+
+
+def _export_home(settings: Settings) -> None:
+    home = str(settings.home)
+    if os.environ.get("AFTERBELL_HOME") != home:
+        os.environ["AFTERBELL_HOME"] = home
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _to_utc(values: pd.Series) -> pd.Series:
+    ts = pd.to_datetime(values)
+    ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+    return ts.astype("datetime64[ns, UTC]")
+
+
+@contextlib.contextmanager
+def _repo_import_context(repo: Path, stems: Sequence[str]) -> Iterator[None]:
+    """Let repo modules import their siblings; restore ``sys.path``/``sys.modules`` after."""
+    saved = {s: sys.modules.pop(s) for s in stems if s in sys.modules}
+    sys.path.insert(0, str(repo))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(repo))
+        for stem in stems:
+            sys.modules.pop(stem, None)
+        sys.modules.update(saved)
+
+
+def _load_module(file: Path) -> ModuleType:
+    """Execute ``file`` as module ``file.stem`` (reusing it if a sibling imported it already)."""
+    existing = sys.modules.get(file.stem)
+    if existing is not None and Path(getattr(existing, "__file__", "")).resolve() == file:
+        return existing
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import feature repo file {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[file.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Send Feast's progress prints and tqdm bars to the debug log instead of the console."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        yield
+    text = (out.getvalue() + err.getvalue()).strip()
+    if text:
+        log.debug("feast: %s", text)

@@ -1,0 +1,146 @@
+"""MLflow adapter: experiments, registered versions and the challenger/champion/previous aliases.
+
+Aliases (CONTRACT.md): ``challenger`` is the candidate under test, ``champion`` the served model,
+``previous`` the rollback target. Stages are deprecated in MLflow 3 and never used.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipelines.settings import (
+    ALIAS_CHALLENGER,
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS,
+    Settings,
+)
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from mlflow import MlflowClient
+
+log = logging.getLogger("afterbell.registry")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered model version, as the stages and the summary talk about it."""
+
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def client(settings: Settings) -> MlflowClient:
+    """An MlflowClient bound to the settings' tracking and registry URI (also set globally for
+    the fluent API used inside the stage's run)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def ensure_experiment(settings: Settings, name: str) -> str:
+    """Create (once) and select the experiment ``name`` with artifacts under the state dir."""
+    import mlflow
+
+    c = client(settings)
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        exp_id = c.create_experiment(name, artifact_location=settings.artifacts_dir.as_uri())
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return str(exp_id)
+
+
+def _ref(mv: ModelVersion) -> ModelRef:
+    return ModelRef(name=mv.name, version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags))
+
+
+def alias_version(settings: Settings, alias: str) -> ModelRef | None:
+    """The version an alias points to, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _ref(client(settings).get_model_version_by_alias(settings.model_name, alias))
+    except MlflowException:
+        return None
+
+
+def version_for_session(settings: Settings, session: str) -> ModelRef | None:
+    """The version trained by the heavy stage of ``session`` (tag ``session``), if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(settings).search_model_versions(
+            f"name = '{settings.model_name}' and tags.session = '{session}'"
+        )
+    except MlflowException:
+        return None
+    ready = [mv for mv in found if mv.status == "READY"]
+    if not ready:
+        return None
+    return _ref(max(ready, key=lambda mv: int(mv.version)))
+
+
+def set_alias(settings: Settings, alias: str, version: str) -> None:
+    client(settings).set_registered_model_alias(settings.model_name, alias, version)
+    log.info("alias %s -> %s v%s", alias, settings.model_name, version)
+
+
+def tag_version(settings: Settings, version: str, tags: dict[str, Any]) -> None:
+    c = client(settings)
+    for key, value in tags.items():
+        c.set_model_version_tag(settings.model_name, version, key, str(value))
+
+
+def promote(settings: Settings, version: str) -> ModelRef | None:
+    """Move ``champion`` to ``version``; the replaced champion becomes ``previous``.
+
+    Returns the replaced champion (None on the first promotion or when ``version`` already is
+    the champion, in which case nothing moves).
+    """
+    old = alias_version(settings, ALIAS_CHAMPION)
+    if old is not None and old.version == str(version):
+        return None
+    if old is not None:
+        set_alias(settings, ALIAS_PREVIOUS, old.version)
+    set_alias(settings, ALIAS_CHAMPION, str(version))
+    return old
+
+
+def load_pyfunc(settings: Settings, ref: ModelRef) -> Any:
+    """Load a registered version as an MLflow pyfunc (the only way models are deserialised)."""
+    import mlflow
+
+    client(settings)
+    return mlflow.pyfunc.load_model(ref.uri)
+
+
+__all__ = [
+    "ALIAS_CHALLENGER",
+    "ALIAS_CHAMPION",
+    "ALIAS_PREVIOUS",
+    "ModelRef",
+    "alias_version",
+    "client",
+    "ensure_experiment",
+    "load_pyfunc",
+    "promote",
+    "set_alias",
+    "tag_version",
+    "version_for_session",
+]

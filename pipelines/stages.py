@@ -1,0 +1,517 @@
+"""The nightly cycle's stage functions: one function per Airflow task.
+
+Each function takes the run's session (``YYYY-MM-DD``), reads :class:`Settings` from the
+environment unless given, does one stage's work, and returns a small JSON-able summary (the task's
+XCom). Every write is keyed by the session and is an overwrite, so re-running a session converges to
+the same state. The DAG files and ``afterbell stage NAME`` call exactly these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import calendar
+from pipelines.schema import BAR_COLUMNS, FEATURE_COLUMNS, GARCH_COLUMNS
+from pipelines.settings import (
+    ALIAS_CHALLENGER,
+    ALIAS_CHAMPION,
+    WINDOW_COLUMNS,
+    Settings,
+)
+
+log = logging.getLogger("afterbell.stages")
+
+Summary = dict[str, Any]
+
+#: The feature service the GARCH-LSTM reads, online and offline.
+FEATURE_SERVICE = "garch_lstm_v1"
+
+
+# --------------------------------------------------------------------------------- helpers
+def _setup(session: str, settings: Settings | None) -> tuple[date, Settings]:
+    s = settings or Settings.from_env()
+    return calendar.require_session(session), s
+
+
+def _history_sessions(d: date, s: Settings) -> list[date]:
+    return calendar.previous_sessions(d, s.history_years * 252 + 1)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Atomic JSON write (write aside, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _run_record(s: Settings, d: date, stage: str, payload: Summary) -> Summary:
+    _write_json(s.runs_dir / f"session={d.isoformat()}" / f"{stage}.json", payload)
+    return payload
+
+
+def _lake_range(s: Settings, table: str, end: date, columns: tuple[str, ...]) -> pd.DataFrame:
+    from pipelines import lake
+
+    return lake.read_table(s.lake_dir, table, end=end, columns=list(columns))
+
+
+def _to_write(s: Settings, table: str, d: date, history: list[date]) -> set[date]:
+    """Sessions of ``history`` whose partition of ``table`` is missing, plus ``d`` itself."""
+    from pipelines import lake
+
+    present = set(lake.partition_sessions(s.lake_dir, table))
+    return {x for x in history if x not in present} | {d}
+
+
+# --------------------------------------------------------------------------- close analysis
+def ingest(
+    session: str, source: str | Path | None = None, settings: Settings | None = None
+) -> Summary:
+    """Ingest and validate the session's bars, then write them to the lake.
+
+    The first run also backfills ``history_years`` of sessions from the replay source. Nothing
+    is written unless the whole batch passes the Great Expectations suite; a bad input file is
+    copied to the quarantine and the error names the expectation, symbol and session.
+    """
+    from pipelines import lake
+    from pipelines.quality import DataQualityError, validate_bars
+    from pipelines.sources import FileSource, ReplaySource
+
+    d, s = _setup(session, settings)
+    history = _history_sessions(d, s)
+    wanted = sorted(_to_write(s, "bars", d, history))
+    t0 = time.perf_counter()
+    replay = ReplaySource(s.universe)
+    if source is not None:
+        src = Path(source)
+        try:
+            today = FileSource(src).bars([d])
+        except Exception as exc:
+            q = lake.quarantine(src, s.quarantine_dir, d, str(exc))
+            raise type(exc)(f"{exc} (input kept in quarantine: {q})") from exc
+        older = [x for x in wanted if x != d]
+        bars = pd.concat([replay.bars(older), today], ignore_index=True) if older else today
+    else:
+        bars = replay.bars(wanted)
+    if bars.empty or not (bars["session"] == pd.Timestamp(d)).any():
+        raise ValueError(f"no bars for session {d} from {source or 'the replay source'}")
+    log.info("ingest %s: %d bars over %d sessions (%.1fs)", d, len(bars), len(wanted),
+             time.perf_counter() - t0)
+    try:
+        summary = validate_bars(bars, s.reports_dir, label=f"bars {d.isoformat()}")
+    except DataQualityError as exc:
+        if source is not None:
+            q = lake.quarantine(Path(source), s.quarantine_dir, d, str(exc))
+            raise DataQualityError(
+                exc.expectation, exc.symbol, exc.session, f"{exc.detail} (input kept in {q})"
+            ) from exc
+        raise
+    if len(wanted) == 1:
+        lake.write_partition(s.lake_dir, "bars", d, bars)
+    else:
+        lake.write_partitions(s.lake_dir, "bars", bars)
+    today_bars = bars[bars["session"] == pd.Timestamp(d)]
+    return _run_record(s, d, "ingest", {
+        "session": d.isoformat(),
+        "sessions_written": len(wanted),
+        "rows": len(bars),
+        "symbols": int(today_bars["symbol"].nunique()),
+        "data_quality": "passed" if summary.success else "failed",
+        "expectations": summary.evaluated,
+        "data_docs": str(summary.docs_index) if summary.docs_index else None,
+    })
+
+
+def build_features(session: str, settings: Settings | None = None) -> Summary:
+    """TA-Lib and realised-volatility features from the lake's bars up to the session."""
+    from pipelines import lake
+    from pipelines.features import compute_features
+
+    d, s = _setup(session, settings)
+    bars = _lake_range(s, "bars", d, BAR_COLUMNS)
+    if bars.empty:
+        raise ValueError(f"no bars in the lake up to {d}: run close_analysis.ingest first")
+    feats = compute_features(bars)
+    history = sorted(set(feats["session"].dt.date))
+    wanted = _to_write(s, "features", d, history)
+    out = feats[feats["session"].dt.date.isin(wanted)]
+    lake.write_partitions(s.lake_dir, "features", out)
+    today = feats[feats["session"] == pd.Timestamp(d)]
+    return _run_record(s, d, "features", {
+        "session": d.isoformat(),
+        "sessions_written": len(wanted),
+        "rows": len(out),
+        "symbols_with_features": int(today.dropna(subset=["rv_22"])["symbol"].nunique()),
+    })
+
+
+# --------------------------------------------------------------------------- light training
+def refit_garch(session: str, settings: Settings | None = None) -> Summary:
+    """Refit a GARCH(1,1)-t per symbol on returns up to the session.
+
+    History partitions are filled by expanding-window refits every ``garch_refit_every``
+    sessions (parameters estimated strictly before each block: no look-ahead); the session's
+    own row comes from a fit on every return up to and including it.
+    """
+    from models.garch import GarchSpec, filter_garch, fit_garch, rolling_garch_features
+    from pipelines import lake
+
+    d, s = _setup(session, settings)
+    feats = _lake_range(s, "features", d, ("symbol", "session", "event_timestamp", "ret_1"))
+    if feats.empty:
+        raise ValueError(f"no features in the lake up to {d}: run close_analysis first")
+    spec = GarchSpec(horizon=s.horizon)
+    present = set(lake.partition_sessions(s.lake_dir, "garch"))
+    rows, params = [], []
+    t0 = time.perf_counter()
+    for symbol, g in feats.groupby("symbol", sort=True):
+        r = g.set_index("session")["ret_1"].dropna()
+        if len(r) < s.garch_min_obs or r.index[-1] != pd.Timestamp(d):
+            continue
+        missing_hist = [t for t in r.index[:-1] if t.date() not in present]
+        if missing_hist:
+            hist = rolling_garch_features(
+                r.iloc[:-1], spec, refit_every=s.garch_refit_every, min_obs=s.garch_min_obs
+            )
+            rows.append(hist.loc[missing_hist].assign(symbol=symbol))
+        fit = fit_garch(r, spec)
+        today = filter_garch(r, fit).iloc[[-1]].assign(symbol=symbol)
+        rows.append(today)
+        params.append({"symbol": symbol, "session": pd.Timestamp(d), "loglik": fit.loglik,
+                       "nobs": fit.nobs, "converged": fit.converged,
+                       "params": json.dumps(fit.params, sort_keys=True)})
+    if not rows:
+        raise ValueError(f"no symbol has {s.garch_min_obs} returns up to {d} for a GARCH fit")
+    out = pd.concat(rows).rename_axis("session").reset_index()
+    out["event_timestamp"] = calendar.closes_for(out["session"])
+    out = out[["symbol", "session", "event_timestamp", *GARCH_COLUMNS]]
+    lake.write_partitions(s.lake_dir, "garch", out)
+    lake.write_partition(s.lake_dir, "garch_params", d, pd.DataFrame(params))
+    return _run_record(s, d, "garch", {
+        "session": d.isoformat(),
+        "symbols_fitted": len(params),
+        "converged": int(sum(p["converged"] for p in params)),
+        "rows_written": len(out),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "spec": asdict(spec),
+    })
+
+
+# -------------------------------------------------------------------------- data processing
+def build_feature_tables(session: str, settings: Settings | None = None) -> Summary:
+    """Write the offline store's tables (market, GARCH, LSTM windows) as of the session."""
+    from pipelines import feature_store
+    from pipelines.features import build_windows
+
+    d, s = _setup(session, settings)
+    feats = _lake_range(s, "features", d, ("symbol", "session", "event_timestamp",
+                                           *FEATURE_COLUMNS))
+    garch = _lake_range(s, "garch", d, ("symbol", "session", "event_timestamp", *GARCH_COLUMNS))
+    if garch.empty:
+        raise ValueError(f"no GARCH features up to {d}: run light_training first")
+    windows = build_windows(feats, garch, s.train.lookback, WINDOW_COLUMNS)
+    feature_store.write_offline_table(s, "market_features", feats)
+    feature_store.write_offline_table(s, "garch_features", garch)
+    feature_store.write_offline_table(s, "lstm_window", windows)
+    return _run_record(s, d, "feature_tables", {
+        "session": d.isoformat(),
+        "market_features": len(feats),
+        "garch_features": len(garch),
+        "lstm_window": len(windows),
+        "window_symbols_today": int((windows["session"] == pd.Timestamp(d)).sum()),
+    })
+
+
+def _materialize_session(s: Settings, d: date) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Materialise the interval that ends at the session's close (a week back, so a symbol whose
+    last bar is a few sessions old still has its latest value online)."""
+    from pipelines import feature_store
+
+    start_session = calendar.previous_sessions(d, 6)[0]
+    start = calendar.session_open(start_session)
+    end = calendar.session_close(d)
+    feature_store.apply_repo(s)
+    feature_store.materialize(s, start.to_pydatetime(), end.to_pydatetime())
+    return start, end
+
+
+def materialize(session: str, settings: Settings | None = None) -> Summary:
+    """Register the Feast definitions and materialise the session's interval online."""
+    d, s = _setup(session, settings)
+    start, end = _materialize_session(s, d)
+    return _run_record(s, d, "materialize", {
+        "session": d.isoformat(), "start": start.isoformat(), "end": end.isoformat(),
+    })
+
+
+# ---------------------------------------------------------------------------- heavy training
+def _dataset(s: Settings, d: date) -> tuple[pd.DataFrame, Any]:
+    """Point-in-time dataset from Feast: windows joined to forward targets, with segments."""
+    from pipelines import feature_store
+    from pipelines.datasets import forward_targets, make_segments
+
+    keys = pd.read_parquet(
+        s.offline_dir / "lstm_window.parquet", columns=["symbol", "session", "event_timestamp"]
+    )
+    keys = keys[keys["session"] <= pd.Timestamp(d)]
+    rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
+    targets = forward_targets(rets, s.horizon)
+    sessions = sorted(set(rets["session"].dt.date))
+    segments = make_segments(sessions, horizon=s.horizon, holdout=s.holdout_sessions)
+    frame = keys.merge(targets, on=["symbol", "session"], how="inner").dropna(subset=["target"])
+    frame = frame[frame["session"] <= pd.Timestamp(segments.test[1])]
+    hist = feature_store.historical_features(
+        s, frame[["symbol", "event_timestamp", "session", "target"]], ["lstm_window:seq"]
+    )
+    hist = hist.dropna(subset=["seq"]).sort_values(["session", "symbol"]).reset_index(drop=True)
+    return hist, segments
+
+
+def train_challenger(session: str, settings: Settings | None = None) -> Summary:
+    """Train the GARCH-LSTM on the point-in-time training set, register it, alias ``challenger``.
+
+    A re-run of the same session reuses the version it registered (same data, same seed), so
+    the registry never holds duplicates for a session.
+    """
+    import mlflow
+    from models.lstm import LSTMSpec, fit_lstm, seq_columns
+    from models.pyfunc import log_lstm_model
+    from pipelines import registry
+    from pipelines.datasets import stack_windows
+
+    d, s = _setup(session, settings)
+    existing = registry.version_for_session(s, d.isoformat())
+    if existing is not None:
+        registry.set_alias(s, ALIAS_CHALLENGER, existing.version)
+        return _run_record(s, d, "heavy_training", {
+            "session": d.isoformat(), "model": s.model_name, "version": existing.version,
+            "alias": ALIAS_CHALLENGER, "reused": True,
+        })
+    t0 = time.perf_counter()
+    data, seg = _dataset(s, d)
+    nf = len(WINDOW_COLUMNS)
+    spec = LSTMSpec.from_train_config(s.train, horizon=s.horizon)
+    tr = data[seg.of(data["session"], "train")]
+    if s.train.max_train_rows and len(tr) > s.train.max_train_rows:
+        tr = tr.iloc[-s.train.max_train_rows :]
+    va = data[seg.of(data["session"], "valid")]
+    x_tr = stack_windows(tr["seq"], spec.lookback, nf)
+    x_va = stack_windows(va["seq"], spec.lookback, nf)
+    y_tr = tr["target"].to_numpy(np.float32)
+    y_va = va["target"].to_numpy(np.float32)
+    log.info("heavy %s: training on %d windows, early stopping on %d", d, len(tr), len(va))
+    fitted = fit_lstm(spec, x_tr, y_tr, x_va, y_va)
+    cols = seq_columns(spec.lookback, nf)
+    example = pd.DataFrame(x_va[:5].reshape(min(5, len(x_va)), -1).astype(np.float64),
+                           columns=cols)
+    registry.ensure_experiment(s, "heavy_training")
+    with mlflow.start_run(run_name=f"heavy_training {d}") as run:
+        mlflow.set_tags({"session": d.isoformat(), "stage": "heavy_training",
+                         "feature_service": FEATURE_SERVICE})
+        mlflow.log_params({**{f"spec.{k}": v for k, v in asdict(spec).items()},
+                           **seg.as_dict(), "train_rows": len(tr), "valid_rows": len(va)})
+        for epoch, (lt, lv) in enumerate(zip(fitted.train_loss, fitted.valid_loss, strict=False)):
+            mlflow.log_metrics({"train_loss": lt, "valid_loss": lv}, step=epoch)
+        info = log_lstm_model(fitted, name="model", registered_model_name=s.model_name,
+                              input_example=example)
+        version = str(info.registered_model_version)
+    registry.tag_version(s, version, {
+        "session": d.isoformat(), "feature_service": FEATURE_SERVICE,
+        "train_range": f"{seg.train[0]}..{seg.train[1]}",
+        "valid_range": f"{seg.valid[0]}..{seg.valid[1]}",
+        "holdout_range": f"{seg.test[0]}..{seg.test[1]}",
+        "horizon": s.horizon, "run_id": run.info.run_id,
+    })
+    registry.set_alias(s, ALIAS_CHALLENGER, version)
+    return _run_record(s, d, "heavy_training", {
+        "session": d.isoformat(), "model": s.model_name, "version": version,
+        "alias": ALIAS_CHALLENGER, "reused": False, "train_rows": len(tr),
+        "valid_rows": len(va), "best_valid_loss": float(min(fitted.valid_loss)),
+        "seconds": round(time.perf_counter() - t0, 1),
+    })
+
+
+# -------------------------------------------------------------------------------- validation
+def _score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    from models.baselines import mae, qlike, rmse
+
+    return {"mae": mae(y, p), "rmse": rmse(y, p), "qlike": qlike(y, p)}
+
+
+def _baseline_forecasts(s: Settings, d: date, keys: pd.DataFrame) -> dict[str, np.ndarray]:
+    """GARCH(1,1)-t, EWMA and historical-vol forecasts for the holdout rows (all causal)."""
+    from models.baselines import ewma_vol, historical_vol
+
+    garch = _lake_range(s, "garch", d, ("symbol", "session", "garch_forecast"))
+    rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
+    parts = []
+    for symbol, g in rets.groupby("symbol", sort=True):
+        r = g.set_index("session")["ret_1"].fillna(0.0)
+        parts.append(pd.DataFrame({
+            "symbol": symbol, "session": r.index,
+            "ewma": ewma_vol(r, s.horizon).to_numpy(),
+            "hist22": historical_vol(r, s.horizon).to_numpy(),
+        }))
+    base = pd.concat(parts, ignore_index=True).merge(garch, on=["symbol", "session"], how="left")
+    joined = keys[["symbol", "session"]].merge(base, on=["symbol", "session"], how="left")
+    return {
+        "garch": joined["garch_forecast"].to_numpy(np.float64),
+        "ewma": joined["ewma"].to_numpy(np.float64),
+        "hist22": joined["hist22"].to_numpy(np.float64),
+    }
+
+
+def validate_and_promote(session: str, settings: Settings | None = None) -> Summary:
+    """Score challenger, champion and baselines on the same holdout; promote on a win.
+
+    The gate: the challenger must have a lower holdout MAE than the GARCH baseline and than the
+    current champion (if any). Otherwise ``champion`` stays where it is. The decision, its
+    reasons and every metric are logged to an MLflow run with ``validation/report.json``.
+    """
+    import mlflow
+    from models.lstm import seq_columns
+    from pipelines import registry
+    from pipelines.datasets import stack_windows
+    from pipelines.report import render_report_html
+
+    d, s = _setup(session, settings)
+    challenger = registry.alias_version(s, ALIAS_CHALLENGER)
+    if challenger is None:
+        raise ValueError(f"no '{ALIAS_CHALLENGER}' version of {s.model_name} to validate")
+    champion = registry.alias_version(s, ALIAS_CHAMPION)
+    data, seg = _dataset(s, d)
+    test = data[seg.of(data["session"], "test")].reset_index(drop=True)
+    nf = len(WINDOW_COLUMNS)
+    x = stack_windows(test["seq"], s.train.lookback, nf).reshape(len(test), -1)
+    frame = pd.DataFrame(x.astype(np.float64), columns=seq_columns(s.train.lookback, nf))
+    y = test["target"].to_numpy(np.float64)
+
+    preds: dict[str, np.ndarray] = {}
+    preds["challenger"] = _predict(registry.load_pyfunc(s, challenger), frame)
+    if champion is not None and champion.version != challenger.version:
+        preds["champion"] = _predict(registry.load_pyfunc(s, champion), frame)
+    preds.update(_baseline_forecasts(s, d, test))
+    ok = np.isfinite(y) & np.all([np.isfinite(p) for p in preds.values()], axis=0)
+    metrics = {name: _score(y[ok], p[ok]) for name, p in preds.items()}
+
+    reasons: list[str] = []
+    ch = metrics["challenger"]["mae"]
+    beats_garch = ch < metrics["garch"]["mae"]
+    reasons.append(f"challenger MAE {ch:.5f} {'<' if beats_garch else '>='} GARCH baseline "
+                   f"{metrics['garch']['mae']:.5f}")
+    beats_champion = True
+    if champion is not None and champion.version == challenger.version:
+        reasons.append(f"challenger v{challenger.version} already is the champion")
+    elif champion is not None:
+        beats_champion = ch < metrics["champion"]["mae"]
+        reasons.append(f"challenger MAE {ch:.5f} {'<' if beats_champion else '>='} champion "
+                       f"v{champion.version} {metrics['champion']['mae']:.5f}")
+    else:
+        reasons.append("no champion yet")
+    promote = beats_garch and beats_champion and not (
+        champion is not None and champion.version == challenger.version
+    )
+    decision = "promote" if promote else "keep"
+    report = {
+        "session": d.isoformat(),
+        "model": s.model_name,
+        "challenger": challenger.version,
+        "champion": champion.version if champion else None,
+        "holdout": {"start": seg.test[0].isoformat(), "end": seg.test[1].isoformat(),
+                    "rows": int(ok.sum()), "horizon": s.horizon},
+        "metrics": metrics,
+        "decision": decision,
+        "reasons": reasons,
+    }
+    registry.ensure_experiment(s, "validation")
+    with mlflow.start_run(run_name=f"validation {d}"):
+        mlflow.set_tags({"session": d.isoformat(), "stage": "validation", "decision": decision,
+                         "challenger_version": challenger.version,
+                         "champion_version": champion.version if champion else "none"})
+        mlflow.log_metrics({f"{m}_{k}": v for m, vals in metrics.items()
+                            for k, v in vals.items() if math.isfinite(v)})
+        mlflow.log_dict(report, "validation/report.json")
+        mlflow.log_text(render_report_html(report), "validation/report.html")
+    out_dir = s.runs_dir / f"session={d.isoformat()}"
+    _write_json(out_dir / "validation_report.json", report)
+    registry.tag_version(s, challenger.version, {
+        f"validation.{d.isoformat()}.decision": decision,
+        f"validation.{d.isoformat()}.reasons": "; ".join(reasons),
+    })
+    if promote:
+        registry.promote(s, challenger.version)
+    final = registry.alias_version(s, ALIAS_CHAMPION)
+    return _run_record(s, d, "validation", {
+        **report, "champion_after": final.version if final else None,
+    })
+
+
+def _predict(model: Any, frame: pd.DataFrame) -> np.ndarray:
+    out = model.predict(frame)
+    col = out["forecast"] if isinstance(out, pd.DataFrame) else out
+    return np.asarray(col, dtype=np.float64).reshape(-1)
+
+
+# -------------------------------------------------------------------------------- pre-market
+def pre_market(session: str, settings: Settings | None = None) -> Summary:
+    """Latest features online, then the champion's forecasts for the next session."""
+    from pipelines import lake, registry
+    from pipelines.datasets import window_frame
+    from pipelines.feature_store import online_features
+
+    d, s = _setup(session, settings)
+    _materialize_session(s, d)
+    champion = registry.alias_version(s, ALIAS_CHAMPION)
+    if champion is None:
+        return _run_record(s, d, "pre_market", {
+            "session": d.isoformat(), "forecasts": 0, "reason": "no champion yet",
+        })
+    online = online_features(s, list(s.universe), FEATURE_SERVICE)
+    rows = {sym: v for sym, v in online.items() if v.get("seq") is not None}
+    model = registry.load_pyfunc(s, champion)
+    frame = window_frame([rows[sym]["seq"] for sym in rows], s.train.lookback)
+    fc = _predict(model, frame) if rows else np.array([])
+    out = pd.DataFrame({
+        "symbol": list(rows), "session": pd.Timestamp(d),
+        "for_session": pd.Timestamp(calendar.next_session(d)),
+        "forecast": fc, "model_version": champion.version,
+        "asof": [int(rows[sym]["asof"]) for sym in rows],
+    })
+    lake.write_partition(s.lake_dir, "forecasts", d, out)
+    return _run_record(s, d, "pre_market", {
+        "session": d.isoformat(), "for_session": calendar.next_session(d).isoformat(),
+        "forecasts": len(out), "model_version": champion.version,
+    })
+
+
+# ------------------------------------------------------------------------------ live serving
+def serve_session(session: str, settings: Settings | None = None) -> Summary:
+    """Serve the champion for the session: until its close when live, a smoke check otherwise."""
+    from pipelines.live import serve_window
+
+    d, s = _setup(session, settings)
+    return serve_window(s, calendar.session_open(d), calendar.session_close(d))
+
+
+#: ``afterbell stage NAME`` names, in cycle order.
+STAGES: dict[str, tuple[Callable[..., Summary], ...]] = {
+    "close_analysis": (ingest, build_features),
+    "light_training": (refit_garch,),
+    "data_processing": (build_feature_tables, materialize),
+    "heavy_training": (train_challenger,),
+    "validation": (validate_and_promote,),
+    "pre_market": (pre_market,),
+}

@@ -1,0 +1,42 @@
+"""Shared fixtures: small settings on real replay data, a private state directory per test."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from pipelines.settings import Settings, TrainConfig
+
+#: A small slice of the real universe: two stocks (close only) and one index (OHLCV).
+SMALL_UNIVERSE = ("AAPL", "MSFT", "SPX")
+SESSION = date(2018, 12, 31)
+
+
+@pytest.fixture
+def small_settings(tmp_path: Path) -> Settings:
+    """Three real symbols, three years of history, tiny training budget."""
+    return Settings(
+        home=tmp_path / "afterbell",
+        universe=SMALL_UNIVERSE,
+        history_years=3,
+        holdout_sessions=60,
+        garch_refit_every=126,
+        default_session=SESSION,
+        train=TrainConfig(max_epochs=2, hidden=8, lookback=10, batch_size=128),
+    )
+
+
+def small_env(home: Path) -> dict[str, str]:
+    """Environment variables giving a subprocess the same small configuration."""
+    return {
+        "AFTERBELL_HOME": str(home),
+        "AFTERBELL_SYMBOLS": ",".join(SMALL_UNIVERSE),
+        "AFTERBELL_HISTORY_YEARS": "3",
+        "AFTERBELL_HOLDOUT": "60",
+        "AFTERBELL_GARCH_REFIT": "126",
+        "AFTERBELL_MAX_EPOCHS": "3",
+        "AFTERBELL_HIDDEN": "16",
+        "AFTERBELL_SESSION": SESSION.isoformat(),
+    }
