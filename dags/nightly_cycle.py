@@ -54,7 +54,7 @@ def _retries() -> int:
         "owner": "afterbell",
         "retries": _retries(),
         "retry_delay": timedelta(minutes=1),
-        # A multiplier in Airflow 3.3 (True means 2.0 only after serialization): 1, 2 min (+jitter).
+        # A multiplier in Airflow 3.3, not a bool. Waits: 1-2 min, then 2-4 min (hash jitter).
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
     },

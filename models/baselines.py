@@ -35,6 +35,19 @@ def _check(returns: pd.Series, horizon: int) -> pd.Series:
     return returns.astype(float)
 
 
+def _trailing_mean_sq(r: pd.Series, window: int) -> np.ndarray:
+    """``mean(r_{t-window+1}^2, ..., r_t^2)`` at each ``t`` (NaN until a full window).
+
+    Each value is computed from its own window (no running sum), so it is bit-for-bit independent
+    of returns outside the window.
+    """
+    sq = r.to_numpy(dtype=float) ** 2
+    out = np.full(sq.shape[0], np.nan)
+    if sq.shape[0] >= window:
+        out[window - 1 :] = np.lib.stride_tricks.sliding_window_view(sq, window).mean(axis=1)
+    return out
+
+
 def forward_realised_vol(returns: pd.Series, horizon: int) -> pd.Series:
     """Realised volatility over the next ``horizon`` sessions: the forecasting target.
 
@@ -52,8 +65,10 @@ def forward_realised_vol(returns: pd.Series, horizon: int) -> pd.Series:
         (and wherever the window holds a NaN return).
     """
     r = _check(returns, horizon)
-    fwd = (r**2).rolling(horizon, min_periods=horizon).mean().shift(-horizon)
-    return np.sqrt(_PERIODS_PER_YEAR * fwd).rename("forward_rv")
+    trailing = _trailing_mean_sq(r, horizon)
+    fwd = np.full(trailing.shape[0], np.nan)
+    fwd[:-horizon] = trailing[horizon:]
+    return pd.Series(np.sqrt(_PERIODS_PER_YEAR * fwd), index=r.index, name="forward_rv")
 
 
 def historical_vol(returns: pd.Series, horizon: int, window: int = 22) -> pd.Series:
@@ -76,8 +91,8 @@ def historical_vol(returns: pd.Series, horizon: int, window: int = 22) -> pd.Ser
     r = _check(returns, horizon)
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    var = (r**2).rolling(window, min_periods=window).mean()
-    return np.sqrt(_PERIODS_PER_YEAR * var).rename("historical_vol")
+    var = _trailing_mean_sq(r, window)
+    return pd.Series(np.sqrt(_PERIODS_PER_YEAR * var), index=r.index, name="historical_vol")
 
 
 def ewma_vol(

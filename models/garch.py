@@ -16,11 +16,18 @@ volatility.
 
 Notes
 -----
-arch starts the variance recursion from a *backcast*, an exponentially weighted average of the
-first 75 squared residuals of the series it is given. Output rows before position 75 therefore
-depend (weakly) on returns up to position 74; every row from position 75 on depends only on returns
-up to and including its own position. :func:`rolling_garch_features` emits nothing before
-``min_obs`` (which must be at least 75), so its outputs are strictly causal.
+Filtering drives arch's volatility process directly rather than through ``model.fix``, which
+starts the variance recursion from a backcast of residuals around the *full-sample* mean and clips
+variances with bounds built from full-sample moments (both slightly forward-looking). Here the
+residuals use the fitted mean, the backcast is arch's: an exponentially weighted average of the
+first 75 squared residuals, and the variance bounds are constants. Output rows before position 75
+therefore depend (weakly) on returns up to position 74; every row from position 75 on depends only
+on returns up to and including its own position. :func:`rolling_garch_features` emits nothing
+before ``min_obs`` (at least 75), so its outputs are strictly causal. With a zero mean the
+results equal arch's ``fix(params).forecast(...)`` exactly.
+
+EGARCH has no analytic multi-step variance forecast; for ``horizon > 1`` it is simulated (1,000
+paths) from a fixed seed, so the features stay deterministic.
 """
 
 from __future__ import annotations
@@ -31,8 +38,16 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from arch import arch_model
-from arch.univariate.base import ARCHModelFixedResult
+from arch.univariate import (
+    EGARCH,
+    GARCH,
+    ConstantMean,
+    Distribution,
+    Normal,
+    SkewStudent,
+    StudentsT,
+    ZeroMean,
+)
 from arch.univariate.mean import HARX
 
 __all__ = [
@@ -50,8 +65,14 @@ GARCH_FEATURE_COLUMNS: tuple[str, ...] = ("garch_vol", "garch_forecast", "garch_
 _SCALE = 100.0  # decimal -> percent returns
 _PERIODS_PER_YEAR = 252
 _BACKCAST_OBS = 75  # arch's backcast window (``VolatilityProcess.backcast``)
+_VAR_BOUNDS = (1e-12, 1e12)  # constant (hence causal) clip of percent^2 variances
 _EGARCH_SIMULATIONS = 1000  # EGARCH has no analytic multi-step forecast
 _EGARCH_SEED = 20180101
+_DISTRIBUTIONS: dict[str, type[Distribution]] = {
+    "normal": Normal,
+    "t": StudentsT,
+    "skewt": SkewStudent,
+}
 
 
 @dataclass(frozen=True)
@@ -101,18 +122,16 @@ class GarchSpec:
         """Asymmetric lag order passed to arch (at least 1 for ``"GJR"``)."""
         return max(self.o, 1) if self.vol == "GJR" else self.o
 
-    def build(self, returns_pct: pd.Series) -> HARX:
-        """The arch model of this spec on percent returns (no automatic rescaling)."""
-        return arch_model(
-            returns_pct,
-            mean=self.mean,
-            vol="EGARCH" if self.vol == "EGARCH" else "GARCH",
-            p=self.p,
-            o=self.asym_order,
-            q=self.q,
-            dist=self.dist,
-            rescale=False,
-        )
+    def build(self, returns_pct: pd.Series, seed: int | None = None) -> HARX:
+        """The arch model of this spec on percent returns (no automatic rescaling).
+
+        ``seed`` seeds the innovation distribution, whose generator drives simulation forecasts.
+        """
+        p, o, q = self.p, self.asym_order, self.q
+        vol = EGARCH(p=p, o=o, q=q) if self.vol == "EGARCH" else GARCH(p=p, o=o, q=q)
+        dist = _DISTRIBUTIONS[self.dist](seed=np.random.default_rng(seed))
+        mean = ConstantMean if self.mean == "Constant" else ZeroMean
+        return mean(returns_pct, volatility=vol, distribution=dist, rescale=False)
 
 
 @dataclass(frozen=True)
@@ -224,38 +243,51 @@ def fit_garch(
     )
 
 
-def _fixed(returns_pct: pd.Series, fit: GarchFit) -> ARCHModelFixedResult:
-    model = fit.spec.build(returns_pct)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.fix(fit.starting_values)
+def _filter(returns_pct: pd.Series, fit: GarchFit, start: int) -> np.ndarray:
+    """Features of rows ``start:`` of ``returns_pct`` under the fixed parameters of ``fit``.
 
-
-def _features(fixed: ARCHModelFixedResult, spec: GarchSpec, start: int) -> pd.DataFrame:
-    """Feature rows ``start:`` of a fixed-parameter result (percent scale in, decimal out)."""
-    sigma = np.asarray(fixed.conditional_volatility, dtype=float)[start:]
-    resid = np.asarray(fixed.resid, dtype=float)[start:]
-    kwargs: dict[str, Any] = {}
-    if spec.vol == "EGARCH" and spec.horizon > 1:
-        kwargs = {
-            "method": "simulation",
-            "simulations": _EGARCH_SIMULATIONS,
-            "random_state": np.random.RandomState(_EGARCH_SEED),
-        }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fc = fixed.forecast(horizon=spec.horizon, start=start, reindex=False, **kwargs)
-    # align="origin": row t holds E[sigma^2_{t+h} | F_t], h = 1..H.
-    var_path = fc.variance.to_numpy(dtype=float)
-    if var_path.shape[0] != sigma.shape[0]:  # pragma: no cover - arch contract
-        raise RuntimeError("arch returned forecasts misaligned with the filtered sample")
+    This drives arch's volatility process directly instead of going through ``model.fix``: the
+    latter starts the recursion from a backcast of residuals around the *full-sample* mean and
+    clips variances with bounds built from full-sample moments, both (slightly) forward-looking.
+    Here the residuals use the fitted mean, the backcast uses the first 75 of them (arch's rule),
+    and the variance bounds are constant, so row ``t >= 75`` depends on returns up to ``t`` only.
+    """
+    spec = fit.spec
+    model = spec.build(returns_pct, seed=_EGARCH_SEED)
+    params = fit.starting_values
+    n_mean, n_vol = model.num_params, model.volatility.num_params
+    if len(params) != n_mean + n_vol + model.distribution.num_params:
+        raise ValueError(f"fit has {len(params)} parameters, the spec {spec} needs a different count")
+    mean_p, vol_p, dist_p = params[:n_mean], params[n_mean : n_mean + n_vol], params[n_mean + n_vol :]
+    resids = np.asarray(model.resids(mean_p), dtype=float)
+    nobs = resids.shape[0]
+    backcast = model.volatility.backcast(resids)
+    var_bounds = np.tile(np.array([_VAR_BOUNDS]), (nobs, 1))
+    sigma2 = np.zeros(nobs)
+    model.volatility.compute_variance(vol_p, resids, sigma2, backcast, var_bounds)
+    simulate = spec.vol == "EGARCH" and spec.horizon > 1  # no analytic multi-step EGARCH
+    fc = model.volatility.forecast(
+        vol_p,
+        resids,
+        backcast,
+        var_bounds,
+        start=start,
+        horizon=spec.horizon,
+        method="simulation" if simulate else "analytic",
+        simulations=_EGARCH_SIMULATIONS,
+        rng=model.distribution.simulate(dist_p),
+        random_state=np.random.RandomState(_EGARCH_SEED),
+    )
+    # Row i of the forecasts is origin start + i: E[sigma^2_{t+h} | F_t], h = 1..H.
+    var_path = np.asarray(fc.forecasts, dtype=float)[-(nobs - start) :]
+    sigma = np.sqrt(sigma2[start:])
     annual = np.sqrt(_PERIODS_PER_YEAR)
-    return pd.DataFrame(
-        {
-            "garch_vol": sigma * annual / _SCALE,
-            "garch_forecast": np.sqrt(_PERIODS_PER_YEAR * var_path.mean(axis=1)) / _SCALE,
-            "garch_std_resid": resid / sigma,
-        }
+    return np.column_stack(
+        [
+            sigma * annual / _SCALE,
+            np.sqrt(_PERIODS_PER_YEAR * var_path.mean(axis=1)) / _SCALE,
+            resids[start:] / sigma,
+        ]
     )
 
 
@@ -287,8 +319,7 @@ def filter_garch(returns: pd.Series, fit: GarchFit) -> pd.DataFrame:
     out = pd.DataFrame(index=returns.index, columns=list(GARCH_FEATURE_COLUMNS), dtype=float)
     if body.empty:
         return out
-    feats = _features(_fixed(body * _SCALE, fit), fit.spec, start=0)
-    out.iloc[len(returns) - len(body) :, :] = feats.to_numpy()
+    out.iloc[len(returns) - len(body) :, :] = _filter(body * _SCALE, fit, start=0)
     return out
 
 
@@ -334,7 +365,7 @@ def rolling_garch_features(
         if previous is not None and not fit.converged:
             cold = fit_garch(body.iloc[:k], spec)
             fit = cold if cold.converged or cold.loglik > fit.loglik else fit
-        values[k:end] = _features(_fixed(y.iloc[:end], fit), spec, start=k).to_numpy()
+        values[k:end] = _filter(y.iloc[:end], fit, start=k)
         previous = fit
     out = pd.DataFrame(index=returns.index, columns=list(GARCH_FEATURE_COLUMNS), dtype=float)
     out.iloc[len(returns) - len(body) :, :] = values

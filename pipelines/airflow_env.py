@@ -45,8 +45,20 @@ RETRIES_ENV = "AFTERBELL_TASK_RETRIES"
 #: Stamp written next to the SQLite DB after a successful ``airflow db migrate``.
 _STAMP = ".afterbell-db-migrated.json"
 
-#: Task states that make a DAG run count as failed.
-_FAILED_STATES = frozenset({"failed", "upstream_failed"})
+#: Chatty library loggers turned down to WARNING everywhere (scheduler, workers, CLI).
+_QUIET_LIBS = ("great_expectations", "alembic", "httpx", "urllib3", "numexpr")
+
+#: Further namespaces turned down for ``dags_test``'s terminal output only (task logs of the
+#: scheduled stack keep them): per-task bookkeeping of the in-process execution API, DAG-bundle
+#: syncing, XCom pushes, Python warnings. Errors, task tracebacks and stage log lines still show.
+_QUIET_DAGS_TEST = (
+    "airflow.api_fastapi=WARNING",
+    "airflow.dag_processing=WARNING",
+    "airflow.serialization=WARNING",
+    "airflow.models.dag=WARNING",
+    "task=WARNING",
+    "py.warnings=ERROR",
+)
 
 
 # --------------------------------------------------------------------------------- session
@@ -112,13 +124,9 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": "8080",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:8080/execution/",
-        # INFO keeps the per-task "Task ... finished" lines and stage log lines visible in
-        # ``airflow dags test``; the noisy namespaces are turned down individually.
+        # INFO keeps task progress and the stages' own log lines; chatty libraries are quieter.
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": (
-            "great_expectations=WARNING alembic=WARNING sqlalchemy=WARNING "
-            "httpx=WARNING urllib3=WARNING numexpr=WARNING"
-        ),
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": " ".join(f"{ns}=WARNING" for ns in _QUIET_LIBS),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
         # Read by the feast CLI only (click envvar of ``feast --chdir``): plain ``feast`` works
         # from any cwd without changing what ``FeatureStore(repo_path=...)`` reads in Python.
@@ -258,7 +266,8 @@ def dags_test(
 ) -> int:
     """Run ``airflow dags test <dag_id> <session>`` in the embedded environment; exit code.
 
-    Output streams to the terminal as it comes. ``verbose`` adds Airflow's own DEBUG logging.
+    Output streams to the terminal as it comes: about 4 lines per task, plus the stages' own
+    log lines and any traceback (``verbose``: Airflow's full INFO output, about 15 per task).
     ``retries`` overrides the DAG's task retries (``None`` keeps its default of 2): ``dags test``
     waits out retry delays in-process, which for a deterministic failure only adds minutes.
 
@@ -268,22 +277,30 @@ def dags_test(
     skipped and the code is 0.
     """
     ensure_airflow_db(settings)
-    extra = {"AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG"} if verbose else {}
+    extra: dict[str, str] = {}
+    if not verbose:
+        levels = airflow_env(settings)["AIRFLOW__LOGGING__NAMESPACE_LEVELS"].split()
+        extra["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = " ".join(levels + list(_QUIET_DAGS_TEST))
     if retries is not None:
         extra[RETRIES_ENV] = str(retries)
     cmd = ["airflow", "dags", "test", dag_id, session]
     print(f"$ {shlex.join(cmd)}", file=sys.stderr, flush=True)
     code = subprocess.run(cmd, env=_full_env(settings, extra), check=False).returncode
     states = run_states(settings, dag_id, session)
-    failed = sorted(t for t, s in states.items() if s in _FAILED_STATES)
+    failed = sorted(t for t, s in states.items() if s == "failed")
+    blocked = sorted(t for t, s in states.items() if s == "upstream_failed")
     if states:
         counts: dict[str, int] = {}
         for s in states.values():
             counts[s] = counts.get(s, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         print(f"{dag_id} {session}: {summary}", file=sys.stderr, flush=True)
-    if failed:
-        print(f"{dag_id} {session}: failed tasks: {', '.join(failed)}", file=sys.stderr)
+    if failed or blocked:
+        print(
+            f"{dag_id} {session}: FAILED: {', '.join(failed) or '-'}"
+            + (f" (not run: {', '.join(blocked)})" if blocked else ""),
+            file=sys.stderr,
+        )
         return code or 1
     if code == 0 and not states:
         print(f"{dag_id} {session}: no DAG run recorded", file=sys.stderr)

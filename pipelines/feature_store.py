@@ -286,11 +286,20 @@ def historical_features(
     settings: Settings,
     entity_df: pd.DataFrame,
     features: Sequence[str] | str,
+    *,
+    engine: Literal["feast", "asof"] = "feast",
 ) -> pd.DataFrame:
     """Point-in-time join of features onto ``entity_df``.
 
     For each entity row the latest feature row with ``event_timestamp <= entity event_timestamp``
     (and not older than the view's TTL) is joined; later rows are never used.
+
+    ``engine="feast"`` runs ``FeatureStore.get_historical_features`` (the file offline store, on
+    dask). It costs tens of seconds whenever a view with the ``seq`` list column is joined, however
+    few entity rows are asked for (about 40 s for 1,000 rows against 22 x 2,600 windows).
+    ``engine="asof"`` gives the same answer from the same registered definitions (source path,
+    timestamp field, TTL, features of each view) with one ``pandas.merge_asof`` per view, in about
+    a second: use it for training sets.
 
     Parameters
     ----------
@@ -301,30 +310,44 @@ def historical_features(
         (labels, ``session``) are passed through.
     features : sequence of str or str
         Either ``"view:feature"`` references or the name of a feature service.
+    engine : {"feast", "asof"}, default "feast"
+        Join implementation (see above); both return the same frame.
 
     Returns
     -------
     pandas.DataFrame
-        ``entity_df``'s columns plus one column per feature (named after the feature), in the
-        row order of ``entity_df`` and with its index reset.
+        ``entity_df``'s columns plus one column per feature (named after the feature): one row
+        per entity row, in its order, index reset. Entity rows without a feature row inside the
+        TTL get nulls (integer features become nullable ``Int64`` then).
 
     Raises
     ------
     ValueError
-        If ``entity_df`` lacks ``symbol`` or ``event_timestamp``.
+        If ``entity_df`` lacks ``symbol`` or ``event_timestamp``, or ``engine`` is unknown.
     """
     missing = [c for c in (ENTITY_KEY, TIMESTAMP_COLUMN) if c not in entity_df.columns]
     if missing:
         raise ValueError(f"entity_df lacks columns {missing}")
+    if engine not in ("feast", "asof"):
+        raise ValueError(f"unknown join engine {engine!r}; use 'feast' or 'asof'")
     store = get_store(settings)
+    if engine == "asof":
+        return _asof_join(store, entity_df, features)
     refs: Any = store.get_feature_service(features) if isinstance(features, str) else list(features)
     frame = entity_df.reset_index(drop=True).copy()
     frame[TIMESTAMP_COLUMN] = _to_utc(frame[TIMESTAMP_COLUMN])
     frame[_ROW_ID] = range(len(frame))
     with _quiet():
-        out = store.get_historical_features(entity_df=frame, features=refs).to_df()
-    out = out.sort_values(_ROW_ID, kind="stable").drop(columns=_ROW_ID)
-    return out.reset_index(drop=True)
+        joined = store.get_historical_features(entity_df=frame, features=refs).to_df()
+    # The file offline store drops entity rows it has no (in-TTL) feature row for and returns the
+    # rest in its own order: put every entity row back, in order, with nulls where unmatched.
+    feature_cols = [c for c in joined.columns if c not in frame.columns]
+    out = frame.merge(joined[[_ROW_ID, *feature_cols]], on=_ROW_ID, how="left", validate="1:1")
+    for col in feature_cols:
+        dtype = joined[col].dtype
+        if pd.api.types.is_integer_dtype(dtype) and out[col].dtype != dtype:
+            out[col] = out[col].astype(pd.Int64Dtype())
+    return out.drop(columns=_ROW_ID).reset_index(drop=True)
 
 
 def online_features(
@@ -332,6 +355,7 @@ def online_features(
     symbols: Sequence[str],
     service: str = DEFAULT_SERVICE,
     *,
+    features: Sequence[str] | None = None,
     store: FeatureStore | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Latest online feature values per symbol.
@@ -344,6 +368,9 @@ def online_features(
         Symbols to look up (looked up as given; callers upper-case them).
     service : str, default "garch_lstm_v1"
         Feature service whose features are read.
+    features : sequence of str, optional
+        ``"view:feature"`` references to read instead of the service (e.g. only
+        ``["lstm_window:asof"]`` for a freshness check).
     store : feast.FeatureStore, optional
         An already open store (the serving app keeps one); opened from ``settings`` otherwise.
 
@@ -356,8 +383,9 @@ def online_features(
     if not symbols:
         return {}
     fs = store if store is not None else get_store(settings)
+    refs: Any = list(features) if features is not None else fs.get_feature_service(service)
     response = fs.get_online_features(
-        features=fs.get_feature_service(service),
+        features=refs,
         entity_rows=[{ENTITY_KEY: s} for s in symbols],
     ).to_dict()
     names = [k for k in response if k != ENTITY_KEY]
@@ -381,6 +409,65 @@ def missing_symbols(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def _asof_join(
+    store: FeatureStore, entity_df: pd.DataFrame, features: Sequence[str] | str
+) -> pd.DataFrame:
+    """Point-in-time join with ``pandas.merge_asof``, driven by the registered definitions."""
+    import pyarrow.parquet as pq
+
+    wanted: dict[str, list[str]] = {}
+    if isinstance(features, str):
+        for proj in store.get_feature_service(features).feature_view_projections:
+            wanted.setdefault(proj.name, []).extend(f.name for f in proj.features)
+    else:
+        for ref in features:
+            view, sep, feature = ref.partition(":")
+            if not sep or not feature:
+                raise ValueError(f"feature reference {ref!r} is not 'view:feature'")
+            wanted.setdefault(view, []).append(feature)
+    names = [f for fs_ in wanted.values() for f in fs_]
+    dupes = sorted({f for f in names if names.count(f) > 1})
+    if dupes:
+        raise ValueError(f"features {dupes} are requested from more than one view")
+
+    frame = entity_df.reset_index(drop=True).copy()
+    frame[TIMESTAMP_COLUMN] = _to_utc(frame[TIMESTAMP_COLUMN])
+    frame[_ROW_ID] = range(len(frame))
+    left = frame[[_ROW_ID, ENTITY_KEY, TIMESTAMP_COLUMN]].sort_values(TIMESTAMP_COLUMN)
+    left[ENTITY_KEY] = left[ENTITY_KEY].astype(str)
+    feature_ts = "afterbell_feature_ts"
+    for view_name, cols in wanted.items():
+        view = store.get_feature_view(view_name)
+        known = {f.name for f in view.features}
+        unknown = [c for c in cols if c not in known]
+        if unknown:
+            raise ValueError(f"feature view {view_name} has no features {unknown}")
+        ts_field = view.batch_source.timestamp_field
+        table = pq.read_table(view.batch_source.path, columns=[ENTITY_KEY, ts_field, *cols])
+        right = table.to_pandas().rename(columns={ts_field: feature_ts})
+        right[ENTITY_KEY] = right[ENTITY_KEY].astype(str)
+        right[feature_ts] = _to_utc(right[feature_ts])
+        right = right.sort_values(feature_ts, kind="stable")
+        ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
+        left = pd.merge_asof(
+            left,
+            right,
+            left_on=TIMESTAMP_COLUMN,
+            right_on=feature_ts,
+            by=ENTITY_KEY,
+            direction="backward",
+            allow_exact_matches=True,
+            tolerance=pd.Timedelta(ttl) if ttl is not None else None,
+        ).drop(columns=feature_ts)
+        for col in cols:
+            dtype = table.schema.field(col).type
+            if str(dtype).startswith("int") and left[col].isna().any():
+                left[col] = left[col].astype(pd.Int64Dtype())
+    joined = left.drop(columns=[ENTITY_KEY, TIMESTAMP_COLUMN])
+    out = frame.merge(joined, on=_ROW_ID, how="left", validate="1:1")
+    return out.drop(columns=_ROW_ID).reset_index(drop=True)
+
+
 def _check_view(view: str) -> None:
     if view not in VIEW_COLUMNS:
         raise ValueError(f"unknown feature view {view!r}; known: {', '.join(VIEW_COLUMNS)}")

@@ -116,7 +116,8 @@ def ingest(
         if source is not None:
             q = lake.quarantine(Path(source), s.quarantine_dir, d, str(exc))
             raise DataQualityError(
-                exc.expectation, exc.symbol, exc.session, f"{exc.detail} (input kept in {q})"
+                exc.expectation, exc.symbol, exc.session, f"{exc.detail} (input kept in {q})",
+                check=exc.check,
             ) from exc
         raise
     if len(wanted) == 1:

@@ -1,0 +1,310 @@
+"""Parquet lake: one folder per table, one file per session.
+
+Layout::
+
+    <root>/<table>/session=YYYY-MM-DD/part-0.parquet
+
+Every partition file also carries its ``session`` column (``datetime64[ns]``), so a read returns
+the same dtypes that were written. Writes are atomic (temporary file in the partition folder,
+fsync, :func:`os.replace`) and deterministic: the same frame always gives byte-identical files
+(rows sorted by ``symbol``, index dropped, no timestamps in the Parquet metadata).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipelines.calendar import to_date
+
+PART_NAME = "part-0.parquet"
+_PREFIX = "session="
+
+
+# --------------------------------------------------------------------------------- paths
+def partition_dir(root: Path, table: str, session: date) -> Path:
+    """Folder of one partition: ``root/table/session=YYYY-MM-DD``."""
+    return Path(root) / table / f"{_PREFIX}{to_date(session).isoformat()}"
+
+
+def partition_path(root: Path, table: str, session: date) -> Path:
+    """File of one partition: ``root/table/session=YYYY-MM-DD/part-0.parquet``."""
+    return partition_dir(root, table, session) / PART_NAME
+
+
+def _listing(root: Path, table: str) -> list[tuple[date, Path]]:
+    """(session, file) of every complete partition of ``table``, oldest first."""
+    base = Path(root) / table
+    if not base.is_dir():
+        return []
+    found: list[tuple[date, Path]] = []
+    with os.scandir(base) as entries:
+        for entry in entries:
+            if not (entry.is_dir() and entry.name.startswith(_PREFIX)):
+                continue
+            try:
+                day = date.fromisoformat(entry.name[len(_PREFIX) :])
+            except ValueError:
+                continue
+            part = Path(entry.path) / PART_NAME
+            if part.is_file():
+                found.append((day, part))
+    found.sort()
+    return found
+
+
+def partition_sessions(root: Path, table: str) -> list[date]:
+    """Sessions that have a partition in ``table``, oldest first."""
+    return [day for day, _ in _listing(root, table)]
+
+
+def has_partition(root: Path, table: str, session: date) -> bool:
+    """Whether ``table`` has a (complete) partition for ``session``."""
+    return partition_path(root, table, session).is_file()
+
+
+# --------------------------------------------------------------------------------- writes
+def _to_arrow(df: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def _write_atomic(table: pa.Table, dest: Path) -> Path:
+    """Write ``table`` to ``dest`` atomically (temp file in the same folder, fsync, replace)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="snappy", store_schema=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return dest
+
+
+def _session_column(df: pd.DataFrame, session: date) -> pd.DataFrame:
+    """``df`` with a ``session`` column equal to ``session`` (added if absent, checked if not)."""
+    ts = pd.Timestamp(to_date(session))
+    if "session" not in df.columns:
+        out = df.copy()
+        out.insert(min(1, len(out.columns)), "session", ts)
+        out["session"] = out["session"].astype("datetime64[ns]")
+        return out
+    values = pd.to_datetime(df["session"])
+    if len(values) and not (values == ts).all():
+        other = values[values != ts].iloc[0]
+        raise ValueError(f"partition {ts.date()} got a row of session {pd.Timestamp(other).date()}")
+    return df
+
+
+def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    present = [k for k in keys if k in df.columns]
+    if present:
+        df = df.sort_values(present, kind="stable")
+    return df.reset_index(drop=True)
+
+
+def write_partition(root: Path, table: str, session: date, df: pd.DataFrame) -> Path:
+    """Write (or overwrite) one session's partition of ``table``.
+
+    Parameters
+    ----------
+    root : Path
+        Lake root.
+    table : str
+        Table name (a folder below ``root``).
+    session : date
+        Partition session; rows of ``df`` must all belong to it (a missing ``session`` column is
+        added).
+    df : pd.DataFrame
+        Rows to store; the index is dropped and rows are sorted by ``symbol``.
+
+    Returns
+    -------
+    Path
+        The partition file.
+    """
+    frame = _sorted(_session_column(df, session), ("symbol",))
+    return _write_atomic(_to_arrow(frame), partition_path(root, table, session))
+
+
+def write_partitions(
+    root: Path, table: str, df: pd.DataFrame, *, max_workers: int = 8
+) -> list[Path]:
+    """Split a multi-session frame by ``session`` and write every partition.
+
+    Parameters
+    ----------
+    root : Path
+        Lake root.
+    table : str
+        Table name.
+    df : pd.DataFrame
+        Rows of many sessions (a ``session`` column is required).
+    max_workers : int, optional
+        Threads writing files concurrently (Parquet encoding and fsync release the GIL).
+
+    Returns
+    -------
+    list[Path]
+        Partition files written, oldest session first.
+
+    Notes
+    -----
+    Each partition is byte-identical to what :func:`write_partition` writes for the same rows.
+    """
+    if "session" not in df.columns:
+        raise ValueError(f"write_partitions({table!r}) needs a 'session' column")
+    if df.empty:
+        return []
+    frame = df.copy()
+    frame["session"] = pd.to_datetime(frame["session"]).astype("datetime64[ns]")
+    frame = _sorted(frame, ("session", "symbol"))
+    sessions = frame["session"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, sessions[1:] != sessions[:-1]])
+    bounds = np.r_[starts, len(frame)]
+    jobs: list[tuple[pa.Table, Path]] = []
+    for i in range(len(starts)):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        day = pd.Timestamp(sessions[lo]).date()
+        part = frame.iloc[lo:hi].reset_index(drop=True)
+        jobs.append((_to_arrow(part), partition_path(root, table, day)))
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        return list(pool.map(lambda job: _write_atomic(*job), jobs))
+
+
+# --------------------------------------------------------------------------------- reads
+def _empty_frame(columns: Iterable[str]) -> pd.DataFrame:
+    dtypes = {
+        "symbol": "object",
+        "session": "datetime64[ns]",
+        "event_timestamp": "datetime64[ns, UTC]",
+        "seq": "object",
+        "asof": "int64",
+    }
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
+
+
+def read_table(
+    root: Path,
+    table: str,
+    start: date | None = None,
+    end: date | None = None,
+    symbols: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Read the partitions of ``table`` with ``start <= session <= end``.
+
+    Parameters
+    ----------
+    root : Path
+        Lake root.
+    table : str
+        Table name.
+    start, end : date, optional
+        Inclusive session range; open-ended when omitted.
+    symbols : Sequence[str], optional
+        Keep only these symbols.
+    columns : Sequence[str], optional
+        Columns of the empty frame returned when the table has no partition at all (when it has
+        some, the stored schema wins).
+
+    Returns
+    -------
+    pd.DataFrame
+        Rows sorted by ``session``, ``symbol``, index reset; empty (with columns) if none match.
+    """
+    listing = _listing(root, table)
+    lo = to_date(start) if start is not None else None
+    hi = to_date(end) if end is not None else None
+    files = [
+        str(path)
+        for day, path in listing
+        if (lo is None or day >= lo) and (hi is None or day <= hi)
+    ]
+    if not listing:
+        return _empty_frame(columns or ())
+    if not files:
+        return pq.read_schema(listing[-1][1]).empty_table().to_pandas()
+
+    dataset = pads.dataset(files, format="parquet")
+    filt = None
+    if symbols is not None and "symbol" in dataset.schema.names:
+        filt = pads.field("symbol").isin(list(symbols))
+    frame = dataset.to_table(filter=filt).to_pandas()
+    return _sorted(frame, ("session", "symbol"))
+
+
+# --------------------------------------------------------------------------------- quarantine
+def _reserve(directory: Path, name: str) -> Path:
+    """Exclusively create a new empty file ``name`` (or ``stem.N.suffix``) in ``directory``."""
+    stem, dot, suffix = name.partition(".")
+    counter = 0
+    while True:
+        candidate = name if counter == 0 else f"{stem}.{counter}{dot}{suffix}"
+        path = directory / candidate
+        reason = directory / f"{candidate}.reason.txt"
+        if not reason.exists():
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
+                return path
+        counter += 1
+
+
+def quarantine(src: Path, quarantine_root: Path, session: date, reason: str) -> Path:
+    """Copy a rejected input file aside, with the reason it was rejected.
+
+    Parameters
+    ----------
+    src : Path
+        The bad input file (left where it is).
+    quarantine_root : Path
+        Quarantine folder.
+    session : date
+        Session the file was meant for.
+    reason : str
+        Why it was rejected (e.g. the data-quality error message).
+
+    Returns
+    -------
+    Path
+        The quarantined copy, ``quarantine_root/session=YYYY-MM-DD/<name>``; an earlier copy of
+        the same name is never overwritten (``<stem>.1.<suffix>``, ``<stem>.2.<suffix>``, ...).
+        ``<copy name>.reason.txt`` next to it holds the reason.
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"cannot quarantine {src}: no such file")
+    directory = Path(quarantine_root) / f"{_PREFIX}{to_date(session).isoformat()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    dest = _reserve(directory, src.name)
+    try:
+        shutil.copyfile(src, dest)
+        note = (
+            f"source: {src.resolve()}\nsession: {to_date(session).isoformat()}\nreason: {reason}\n"
+        )
+        Path(f"{dest}.reason.txt").write_text(note, encoding="utf-8")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        raise
+    return dest

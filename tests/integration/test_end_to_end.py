@@ -1,0 +1,117 @@
+"""End to end: `afterbell run` drives `airflow dags test nightly_cycle` over every stage on real
+replay data (three symbols, three years, tiny training budget), then the served endpoint answers;
+a bad input file is rejected without touching the lake or the champion."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SESSION, SMALL_UNIVERSE, small_env
+
+pytestmark = pytest.mark.slow
+
+AFTERBELL = [sys.executable, "-m", "pipelines.cli"]
+
+
+def _run(args: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([*AFTERBELL, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def cycle(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path, str]:
+    home = tmp_path_factory.mktemp("e2e") / "afterbell"
+    env = {**os.environ, **small_env(home)}
+    proc = _run(["run", "--session", SESSION.isoformat()], env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return env, home, proc.stdout
+
+
+def test_cycle_writes_every_stage_and_summarises(cycle: tuple[dict[str, str], Path, str]) -> None:
+    env, home, stdout = cycle
+    runs = home / "runs" / f"session={SESSION.isoformat()}"
+    for stage in ("ingest", "features", "garch", "feature_tables", "materialize",
+                  "heavy_training", "validation", "pre_market"):
+        assert (runs / f"{stage}.json").exists(), stage
+    assert (home / "lake" / "bars" / f"session={SESSION.isoformat()}").is_dir()
+    assert (home / "env.sh").exists()
+    assert "afterbell nightly cycle - session 2018-12-31" in stdout
+    docs = list((home / "reports").rglob("index.html"))
+    assert docs, "Data Docs index missing"
+
+
+def test_validation_compares_challenger_with_baselines(
+    cycle: tuple[dict[str, str], Path, str],
+) -> None:
+    _, home, _ = cycle
+    report = json.loads(
+        (home / "runs" / f"session={SESSION.isoformat()}" / "validation_report.json").read_text()
+    )
+    assert {"challenger", "garch", "ewma", "hist22"} <= set(report["metrics"])
+    assert report["holdout"]["rows"] > 0
+    assert report["decision"] in {"promote", "keep"}
+    assert report["reasons"]
+
+
+def test_served_endpoint_answers(cycle: tuple[dict[str, str], Path, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from pipelines.serving import create_app
+    from pipelines.settings import Settings
+
+    env, home, _ = cycle
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("AFTERBELL_")})
+    champion = json.loads(
+        (home / "runs" / f"session={SESSION.isoformat()}" / "validation.json").read_text()
+    )["champion_after"]
+    with TestClient(create_app(settings)) as client:
+        unknown = client.get("/predict/NOPE")
+        assert unknown.status_code == 404 and "NOPE" in unknown.json()["detail"]
+        r = client.get(f"/predict/{SMALL_UNIVERSE[0]}")
+        if champion is None:
+            assert r.status_code == 503
+        else:
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model"]["version"] == str(champion)
+            assert 0.0 < body["forecast"] < 5.0
+
+
+def test_bad_file_is_rejected_and_quarantined(
+    cycle: tuple[dict[str, str], Path, str], tmp_path: Path,
+) -> None:
+    env, home, _ = cycle
+    lake_before = _tree_digest(home / "lake")
+    champion_file = home / "runs" / f"session={SESSION.isoformat()}" / "validation.json"
+    champion_before = json.loads(champion_file.read_text())["champion_after"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "symbol,session,open,high,low,close,adj_close,volume\n"
+        "AAPL,2019-01-02,100,101,99,100.5,100.5,1000\n"
+        "MSFT,2019-01-02,100,95,99,98,98,1000\n"  # high below low
+        "SPX,2019-01-02,2500,2520,2490,2510,2510,1000\n"
+    )
+    proc = _run(["ingest", "--session", "2019-01-02", "--source", str(bad)], env)
+    assert proc.returncode != 0
+    msg = proc.stderr
+    assert "MSFT" in msg and "2019-01-02" in msg and "expect_" in msg, msg
+    assert "Traceback" not in msg
+    assert _tree_digest(home / "lake") == lake_before
+    assert json.loads(champion_file.read_text())["champion_after"] == champion_before
+    kept = list((home / "quarantine").rglob("bad.csv"))
+    assert kept and kept[0].read_bytes() == bad.read_bytes()

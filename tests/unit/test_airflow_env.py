@@ -1,0 +1,189 @@
+"""The embedded Airflow adapter: environment, env.sh, metadata DB set-up, dags test outcome."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines import airflow_env as ae
+from pipelines.settings import REPO_ROOT, Settings
+
+VENV_BIN = Path(sys.executable).absolute().parent
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # A space and a quote in the path exercise env.sh's shell quoting.
+    return Settings(home=tmp_path / "after bell's home")
+
+
+def test_airflow_env_values(settings: Settings) -> None:
+    env = ae.airflow_env(settings, base={"PATH": "/usr/bin:/bin", "PYTHONPATH": "/elsewhere"})
+    home = settings.home
+    assert env["AFTERBELL_HOME"] == str(home)
+    assert env["AIRFLOW_HOME"] == str(home / "airflow")
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(REPO_ROOT / "dags")
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{home}/airflow/airflow.db"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:////")
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert env["MLFLOW_TRACKING_URI"] == settings.tracking_uri
+    assert env["FEATURE_REPO_DIR_ENV_VAR"] == str(REPO_ROOT / "feature_repo")
+    assert env["PATH"].split(":") == [str(VENV_BIN), "/usr/bin", "/bin"]
+    assert env["PYTHONPATH"].split(":") == [str(REPO_ROOT), "/elsewhere"]
+    assert all(isinstance(v, str) for v in env.values())
+
+
+def test_airflow_env_does_not_duplicate_path_entries(settings: Settings) -> None:
+    env = ae.airflow_env(settings, base={"PATH": f"{VENV_BIN}:/bin", "PYTHONPATH": str(REPO_ROOT)})
+    assert env["PATH"] == f"{VENV_BIN}:/bin"
+    assert env["PYTHONPATH"] == str(REPO_ROOT)
+
+
+def _source(env_sh: Path, cwd: Path, script: str, path: str = "/usr/bin:/bin") -> str:
+    proc = subprocess.run(
+        ["bash", "-c", f". {ae.shlex.quote(str(env_sh))} && {script}"],
+        env={"PATH": path, "HOME": str(cwd)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout
+
+
+def test_env_sh_sourced_in_bash(settings: Settings, tmp_path: Path) -> None:
+    env_sh = ae.write_env_sh(settings)
+    assert env_sh == settings.home / "env.sh"
+    expected = ae.airflow_env(settings, base={"PATH": "/usr/bin:/bin"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    keys = sorted(expected)
+    out = _source(env_sh, elsewhere, " && ".join(f'printf "%s\\0" "${k}"' for k in keys))
+    got = dict(zip(keys, out.split("\0")[:-1], strict=True))
+    assert got == expected
+    # plain CLIs resolve to the virtualenv from any working directory
+    which = _source(env_sh, elsewhere, "command -v airflow mlflow feast python").split()
+    assert which == [str(VENV_BIN / n) for n in ("airflow", "mlflow", "feast", "python")]
+
+
+def test_env_sh_is_idempotent_and_keeps_callers_pythonpath(settings: Settings) -> None:
+    env_sh = ae.write_env_sh(settings)
+    out = _source(
+        env_sh,
+        settings.home,
+        f'export PYTHONPATH=/x; . {ae.shlex.quote(str(env_sh))}; echo "$PATH"; echo "$PYTHONPATH"',
+    )
+    path, pythonpath = out.splitlines()
+    assert path.split(":").count(str(VENV_BIN)) == 1
+    assert pythonpath.split(":")[-1] == "/x"
+
+
+def test_pipelines_importable_from_any_cwd_with_env(settings: Settings, tmp_path: Path) -> None:
+    env = ae.airflow_env(settings, base={"PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-c", "import pipelines.settings as s; print(s.REPO_ROOT)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(REPO_ROOT)
+
+
+def test_ensure_airflow_db_creates_then_is_a_fast_noop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = settings.airflow_home / "airflow.db"
+    assert not db.exists()
+    ae.ensure_airflow_db(settings)
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone()
+        assert con.execute("SELECT count(*) FROM dag_run").fetchone() == (0,)
+    finally:
+        con.close()
+    assert ae.run_states(settings, "nightly_cycle", "2018-12-31") == {}
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError("second ensure_airflow_db must not run `airflow db migrate`")
+
+    monkeypatch.setattr(ae.subprocess, "run", no_subprocess)
+    t0 = time.perf_counter()
+    ae.ensure_airflow_db(settings)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_db_check_rejects_missing_or_empty_db(tmp_path: Path) -> None:
+    assert not ae._db_is_migrated(tmp_path / "missing.db")
+    sqlite3.connect(tmp_path / "empty.db").close()
+    assert not ae._db_is_migrated(tmp_path / "empty.db")
+
+
+# ------------------------------------------------------------------------------- dags_test
+def _fake_db(settings: Settings, states: dict[str, str | None], session: str) -> None:
+    settings.airflow_home.mkdir(parents=True)
+    con = sqlite3.connect(settings.airflow_home / "airflow.db")
+    con.executescript(
+        "CREATE TABLE dag_run "
+        "(id INTEGER PRIMARY KEY, dag_id TEXT, run_id TEXT, logical_date TEXT);"
+        "CREATE TABLE task_instance (dag_id TEXT, task_id TEXT, run_id TEXT, state TEXT);"
+    )
+    con.execute(
+        "INSERT INTO dag_run (dag_id, run_id, logical_date) VALUES ('d', 'old', ?)",
+        (f"{session} 00:00:00.000000",),
+    )
+    con.execute("INSERT INTO task_instance VALUES ('d', 'a', 'old', 'failed')")
+    con.execute(
+        "INSERT INTO dag_run (dag_id, run_id, logical_date) VALUES ('d', 'new', ?)",
+        (f"{session} 00:00:00.000000",),
+    )
+    con.executemany("INSERT INTO task_instance VALUES ('d', ?, 'new', ?)", list(states.items()))
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    ("cli_code", "states", "expected"),
+    [
+        (0, {"a": "success", "b": "success"}, 0),
+        (0, {"a": "success", "b": "skipped"}, 0),  # a non-session short-circuits: success
+        (0, {"a": "success", "b": "failed"}, 1),  # CLI said 0 but a task failed
+        (0, {"a": "failed", "b": "upstream_failed"}, 1),
+        (1, {"a": "failed", "b": "upstream_failed"}, 1),
+        (0, {}, 1),  # no run recorded at all
+        (2, {"a": "success"}, 2),
+    ],
+)
+def test_dags_test_exit_code(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    cli_code: int,
+    states: dict[str, str],
+    expected: int,
+) -> None:
+    _fake_db(settings, states, "2018-12-31")
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_run(cmd: list[str], env: dict[str, str], check: bool) -> subprocess.CompletedProcess:
+        calls.append((cmd, env))
+        return subprocess.CompletedProcess(cmd, cli_code)
+
+    monkeypatch.setattr(ae, "ensure_airflow_db", lambda s: None)
+    monkeypatch.setattr(ae.subprocess, "run", fake_run)
+    assert ae.dags_test(settings, "d", "2018-12-31") == expected
+    ((cmd, env),) = calls
+    assert cmd == ["airflow", "dags", "test", "d", "2018-12-31"]
+    assert env["AIRFLOW_HOME"] == str(settings.airflow_home)
+    assert env[ae.RETRIES_ENV] == "0"
+    assert "task=WARNING" in env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"].split()

@@ -1,0 +1,191 @@
+"""Feast adapter on a tiny generated offline store (3 symbols, one of them without features)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import feature_store as fs
+from pipelines.calendar import closes_for, sessions_between
+from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS
+from pipelines.settings import WINDOW_COLUMNS, Settings
+
+SYMBOLS = ("AAPL", "MSFT", "SPX")
+WITH_DATA = ("AAPL", "MSFT")
+LOOKBACK = 4
+
+
+def _tables() -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(11)
+    sessions = pd.to_datetime(sessions_between("2018-11-19", "2018-12-31"))
+    keys = pd.MultiIndex.from_product([WITH_DATA, sessions], names=["symbol", "session"])
+    base = keys.to_frame(index=False)
+    base["event_timestamp"] = closes_for(base["session"]).to_numpy()
+    n = len(base)
+    market = base.assign(**{c: rng.normal(size=n) for c in FEATURE_COLUMNS})
+    garch = base.assign(**{c: rng.uniform(0.1, 0.5, size=n) for c in GARCH_COLUMNS})
+    window = base.copy()
+    window["seq"] = list(rng.normal(size=(n, LOOKBACK * len(WINDOW_COLUMNS))))
+    window["asof"] = base["event_timestamp"].astype("int64") // 10**9
+    return {"market_features": market, "garch_features": garch, "lstm_window": window}
+
+
+@dataclass
+class Ctx:
+    settings: Settings
+    tables: dict[str, pd.DataFrame]
+    cli: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
+    saved = os.environ.get("AFTERBELL_HOME")
+    settings = Settings(home=tmp_path_factory.mktemp("home"), universe=SYMBOLS)
+    tables = _tables()
+    for view, df in tables.items():
+        fs.write_offline_table(settings, view, df)  # type: ignore[arg-type]
+    fs.apply_repo(settings)
+    # The feast CLI spends seconds importing feast: start it now, on a copy of the registry (the
+    # file registry is rewritten in place by apply/materialize), and collect it in its test.
+    cli_home = tmp_path_factory.mktemp("cli_home")
+    (cli_home / "feast").mkdir()
+    shutil.copy(settings.feast_dir / "registry.db", cli_home / "feast" / "registry.db")
+    feast = shutil.which("feast", path=str(Path(sys.executable).parent)) or "feast"
+    cli = subprocess.Popen(
+        [feast, "-c", str(settings.feature_repo), "feature-views", "list"],
+        env={**os.environ, "AFTERBELL_HOME": str(cli_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    fs.apply_repo(settings)  # idempotent
+    start = tables["market_features"]["event_timestamp"].min().to_pydatetime()
+    end = tables["market_features"]["event_timestamp"].max().to_pydatetime()
+    fs.materialize(settings, start, end)
+    yield Ctx(settings, tables, cli)
+    if cli.poll() is None:
+        cli.kill()
+        cli.communicate()
+    if saved is None:
+        os.environ.pop("AFTERBELL_HOME", None)
+    else:
+        os.environ["AFTERBELL_HOME"] = saved
+
+
+def test_write_offline_table_is_atomic_and_typed(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, universe=SYMBOLS)
+    window = _tables()["lstm_window"]
+    window["event_timestamp"] = window["event_timestamp"].dt.tz_localize(None)  # naive -> UTC
+    path = fs.write_offline_table(settings, "lstm_window", window)
+    assert path == settings.offline_dir / "lstm_window.parquet"
+    assert [p.name for p in settings.offline_dir.iterdir()] == ["lstm_window.parquet"]
+    back = pd.read_parquet(path)
+    assert str(back["event_timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert back["asof"].dtype == np.int64
+    assert len(back["seq"].iloc[0]) == LOOKBACK * len(WINDOW_COLUMNS)
+    with pytest.raises(ValueError, match="lacks columns"):
+        fs.write_offline_table(settings, "garch_features", window)
+    with pytest.raises(ValueError, match="unknown feature view"):
+        fs.write_offline_table(settings, "nope", window)  # type: ignore[arg-type]
+
+
+def test_apply_is_idempotent(ctx: Ctx) -> None:
+    settings = ctx.settings
+    fs.apply_repo(settings)
+    feast_store = fs.get_store(settings)
+    assert sorted(v.name for v in feast_store.list_feature_views()) == [
+        "garch_features",
+        "lstm_window",
+        "market_features",
+    ]
+    assert [s.name for s in feast_store.list_feature_services()] == ["garch_lstm_v1"]
+    assert "symbol" in [e.name for e in feast_store.list_entities()]
+    source = feast_store.get_feature_view("lstm_window").batch_source
+    assert Path(source.path) == settings.offline_dir / "lstm_window.parquet"
+
+
+def test_online_features_are_the_last_row_per_symbol(
+    ctx: Ctx,
+) -> None:
+    settings, tables = ctx.settings, ctx.tables
+    rows = fs.online_features(settings, list(SYMBOLS))
+    assert set(rows) == set(SYMBOLS)
+    last_w = tables["lstm_window"].sort_values("event_timestamp").groupby("symbol").last()
+    last_g = tables["garch_features"].sort_values("event_timestamp").groupby("symbol").last()
+    last_m = tables["market_features"].sort_values("event_timestamp").groupby("symbol").last()
+    for sym in WITH_DATA:
+        np.testing.assert_allclose(rows[sym]["seq"], last_w.loc[sym, "seq"])
+        assert rows[sym]["asof"] == last_w.loc[sym, "asof"]
+        assert rows[sym]["garch_forecast"] == pytest.approx(last_g.loc[sym, "garch_forecast"])
+        assert rows[sym]["rv_22"] == pytest.approx(last_m.loc[sym, "rv_22"])
+    assert all(v is None for v in rows["SPX"].values())
+    assert fs.missing_symbols(rows) == ["SPX"]
+
+
+@pytest.mark.parametrize("engine", ["feast", "asof"])
+def test_historical_join_is_point_in_time(ctx: Ctx, engine: str) -> None:
+    settings, tables = ctx.settings, ctx.tables
+    market = tables["market_features"].sort_values(["symbol", "event_timestamp"])
+    aapl = market[market["symbol"] == "AAPL"].reset_index(drop=True)
+    t5, t6 = aapl.loc[5, "event_timestamp"], aapl.loc[6, "event_timestamp"]
+    entity = pd.DataFrame(
+        {
+            "symbol": ["AAPL", "AAPL", "MSFT", "AAPL", "SPX"],
+            "event_timestamp": [
+                t6 - pd.Timedelta(seconds=1),  # just before the next close: still session 5
+                t5,  # exactly at a close: that session
+                market["event_timestamp"].max(),
+                aapl.loc[0, "event_timestamp"] - pd.Timedelta(days=1),  # before any data
+                t5,  # symbol without data
+            ],
+            "label": [1.0, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
+    refs = ["market_features:rv_22", "lstm_window:asof"]
+    out = fs.historical_features(settings, entity, refs, engine=engine)  # type: ignore[arg-type]
+    assert list(out["label"]) == [1.0, 2.0, 3.0, 4.0, 5.0]  # every row, in order
+    assert out.loc[0, "rv_22"] == pytest.approx(aapl.loc[5, "rv_22"])
+    assert out.loc[1, "rv_22"] == pytest.approx(aapl.loc[5, "rv_22"])
+    assert out.loc[0, "asof"] == t5.value // 10**9
+    msft_last = market[market["symbol"] == "MSFT"].iloc[-1]
+    assert out.loc[2, "rv_22"] == pytest.approx(msft_last["rv_22"])
+    assert pd.isna(out.loc[3, "rv_22"]) and pd.isna(out.loc[4, "rv_22"])
+    # no feature timestamp is ever later than its entity timestamp
+    matched = out.dropna(subset=["asof"])
+    assert (matched["asof"] <= matched["event_timestamp"].astype("int64") // 10**9).all()
+
+
+def test_historical_join_by_feature_service(
+    ctx: Ctx,
+) -> None:
+    settings, tables = ctx.settings, ctx.tables
+    window = tables["lstm_window"]
+    entity = window[["symbol", "event_timestamp"]].sample(frac=1.0, random_state=3)
+    out = fs.historical_features(settings, entity, "garch_lstm_v1")
+    fast = fs.historical_features(settings, entity, "garch_lstm_v1", engine="asof")
+    assert {"seq", "asof", "garch_forecast", "rv_22"} <= set(out.columns)
+    assert list(fast.columns) == list(out.columns)
+    pd.testing.assert_frame_equal(fast.drop(columns="seq"), out.drop(columns="seq"))
+    for a, b in zip(fast["seq"], out["seq"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(out) == len(entity)
+    expected = window.set_index(["symbol", "event_timestamp"]).loc[
+        list(zip(entity["symbol"], entity["event_timestamp"], strict=True)), "asof"
+    ]
+    np.testing.assert_array_equal(out["asof"].to_numpy(), expected.to_numpy())
+
+
+def test_feast_cli_lists_the_views(ctx: Ctx) -> None:
+    out, err = ctx.cli.communicate(timeout=120)
+    assert ctx.cli.returncode == 0, err
+    for view in ("market_features", "garch_features", "lstm_window"):
+        assert view in out

@@ -1,0 +1,179 @@
+"""GARCH features: estimation, fixed-parameter filtering, and the absence of look-ahead."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from arch.univariate import GARCH, ConstantMean, StudentsT
+
+from models.garch import (
+    GARCH_FEATURE_COLUMNS,
+    GarchFit,
+    GarchSpec,
+    filter_garch,
+    fit_garch,
+    rolling_garch_features,
+)
+
+TRUE_PARAMS = {"mu": 0.05, "omega": 0.05, "alpha[1]": 0.08, "beta[1]": 0.90, "nu": 7.0}
+
+
+@pytest.fixture(scope="module")
+def simulated() -> pd.Series:
+    """3,000 decimal returns of a GARCH(1,1)-t process with TRUE_PARAMS (percent scale)."""
+    model = ConstantMean(
+        None, volatility=GARCH(1, 0, 1), distribution=StudentsT(seed=np.random.default_rng(11))
+    )
+    sim = model.simulate(list(TRUE_PARAMS.values()), 3000, burn=500)
+    index = pd.bdate_range("2000-01-03", periods=3000, name="session")
+    return pd.Series(sim["data"].to_numpy() / 100.0, index=index, name="ret_1")
+
+
+@pytest.fixture(scope="module")
+def sp500() -> pd.Series:
+    from arch.data import sp500
+
+    prices = sp500.load()["Adj Close"]
+    return np.log(prices).diff().dropna().iloc[-1500:].rename("ret_1")
+
+
+def test_fit_recovers_simulated_params(simulated: pd.Series) -> None:
+    fit = fit_garch(simulated, GarchSpec())
+    assert fit.converged
+    assert list(fit.params) == list(TRUE_PARAMS)
+    assert fit.nobs == len(simulated)
+    assert fit.params["alpha[1]"] == pytest.approx(TRUE_PARAMS["alpha[1]"], abs=0.03)
+    assert fit.params["beta[1]"] == pytest.approx(TRUE_PARAMS["beta[1]"], abs=0.04)
+    persistence = fit.params["alpha[1]"] + fit.params["beta[1]"]
+    assert persistence == pytest.approx(0.98, abs=0.02)
+    assert fit.params["nu"] == pytest.approx(TRUE_PARAMS["nu"], abs=2.5)
+    np.testing.assert_array_equal(fit.starting_values, list(fit.params.values()))
+
+
+def test_warm_start_reaches_same_optimum(sp500: pd.Series) -> None:
+    cold = fit_garch(sp500, GarchSpec())
+    warm = fit_garch(sp500, GarchSpec(), starting_values=cold.starting_values)
+    assert warm.loglik == pytest.approx(cold.loglik, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("vol", "dist", "n_params"),
+    [("GARCH", "normal", 4), ("GJR", "t", 6), ("EGARCH", "skewt", 6)],
+)
+def test_specs_fit_without_leaking_warnings(
+    sp500: pd.Series, vol: str, dist: str, n_params: int
+) -> None:
+    spec = GarchSpec(vol=vol, dist=dist)  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = fit_garch(sp500, spec)
+        feats = filter_garch(sp500.iloc[-300:], fit)
+    assert len(fit.params) == n_params
+    if vol == "GJR":
+        assert "gamma[1]" in fit.params
+    assert np.isfinite(feats.to_numpy()).all()
+
+
+def test_filter_garch_matches_arch_and_is_causal(sp500: pd.Series) -> None:
+    spec = GarchSpec(horizon=5)
+    fit = fit_garch(sp500, spec)
+    feats = filter_garch(sp500, fit)
+    assert list(feats.columns) == list(GARCH_FEATURE_COLUMNS)
+    assert feats.index.equals(sp500.index)
+    # garch_vol at t is the one-step variance forecast made at t-1, annualised.
+    h1 = (feats["garch_vol"] ** 2 / 252).to_numpy()
+    fc = feats["garch_forecast"].to_numpy()
+    # Forecast made at t uses r_t: changing r_t (t >= 75) moves it, but not garch_vol at t.
+    t = 1000
+    bumped = sp500.copy()
+    bumped.iloc[t] += 0.05
+    other = filter_garch(bumped, fit)
+    assert other["garch_vol"].iloc[t] == pytest.approx(feats["garch_vol"].iloc[t], rel=1e-12)
+    assert other["garch_forecast"].iloc[t] > fc[t]
+    pd.testing.assert_frame_equal(other.iloc[:t], feats.iloc[:t], rtol=0, atol=0)
+    # A 1-step horizon forecast at t equals the conditional variance of t+1.
+    one = filter_garch(sp500, GarchFit(GarchSpec(horizon=1), fit.params, 0.0, 0, True))
+    np.testing.assert_allclose(
+        (one["garch_forecast"].to_numpy()[:-1] ** 2) / 252, h1[1:], rtol=1e-10
+    )
+    # Standardised residual is (r_t - mu) / sigma_t on the percent scale.
+    sigma_pct = feats["garch_vol"].to_numpy() * 100 / np.sqrt(252)
+    expected = (sp500.to_numpy() * 100 - fit.params["mu"]) / sigma_pct
+    np.testing.assert_allclose(feats["garch_std_resid"].to_numpy(), expected, rtol=1e-10)
+
+
+def test_filter_keeps_leading_nans(sp500: pd.Series) -> None:
+    fit = fit_garch(sp500, GarchSpec())
+    padded = pd.concat([pd.Series([np.nan], index=[sp500.index[0] - pd.Timedelta(days=1)]), sp500])
+    feats = filter_garch(padded, fit)
+    assert feats.iloc[0].isna().all()
+    np.testing.assert_allclose(feats.iloc[1:].to_numpy(), filter_garch(sp500, fit).to_numpy())
+
+
+def test_rolling_features_shape_and_warm_up(sp500: pd.Series) -> None:
+    feats = rolling_garch_features(sp500, GarchSpec(), refit_every=63, min_obs=250)
+    assert feats.index.equals(sp500.index)
+    assert feats.iloc[:250].isna().all().all()
+    assert np.isfinite(feats.iloc[250:].to_numpy()).all()
+    # Inside a block the params are fixed: the block equals filtering with the fit on [:k].
+    k = 250 + 63 * 4
+    fit_k = fit_garch(sp500.iloc[:k], GarchSpec())
+    block = filter_garch(sp500.iloc[: k + 63], fit_k).iloc[k:]
+    np.testing.assert_allclose(feats.iloc[k : k + 63].to_numpy(), block.to_numpy(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("t", [250, 312, 313, 700, 1100])
+def test_rolling_features_have_no_look_ahead(sp500: pd.Series, t: int) -> None:
+    """Rewriting every return after position t leaves all rows <= t unchanged."""
+    spec = GarchSpec()
+    base = rolling_garch_features(sp500, spec, refit_every=63, min_obs=250)
+    rng = np.random.default_rng(t)
+    changed = sp500.copy()
+    changed.iloc[t + 1 :] = rng.standard_t(4, size=len(sp500) - t - 1) * 0.03
+    other = rolling_garch_features(changed, spec, refit_every=63, min_obs=250)
+    pd.testing.assert_frame_equal(other.iloc[: t + 1], base.iloc[: t + 1], rtol=0, atol=0)
+    assert not np.allclose(other.iloc[t + 1 :].to_numpy(), base.iloc[t + 1 :].to_numpy())
+
+
+def test_rolling_rejects_short_warm_up(sp500: pd.Series) -> None:
+    with pytest.raises(ValueError, match="min_obs"):
+        rolling_garch_features(sp500, GarchSpec(), min_obs=50)
+
+
+def test_spec_validation() -> None:
+    assert GarchSpec(vol="GJR").asym_order == 1
+    with pytest.raises(ValueError, match="vol"):
+        GarchSpec(vol="FIGARCH")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="horizon"):
+        GarchSpec(horizon=0)
+
+
+@pytest.mark.parametrize("vol", ["GARCH", "GJR"])
+def test_zero_mean_filter_equals_arch_fix(sp500: pd.Series, vol: str) -> None:
+    """With a zero mean arch's own fix/forecast has no look-ahead, and ours must match it."""
+    from arch import arch_model
+
+    spec = GarchSpec(vol=vol, mean="Zero", horizon=5)  # type: ignore[arg-type]
+    fit = fit_garch(sp500, spec)
+    ours = filter_garch(sp500, fit)
+    model = arch_model(
+        sp500 * 100, mean="Zero", vol="GARCH", o=spec.asym_order, dist="t", rescale=False
+    )
+    fixed = model.fix(fit.starting_values)
+    variance = fixed.forecast(horizon=5, start=0, reindex=True).variance
+    np.testing.assert_allclose(
+        ours["garch_vol"], fixed.conditional_volatility * np.sqrt(252) / 100, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        ours["garch_forecast"], np.sqrt(252 * variance.mean(axis=1)) / 100, rtol=1e-12
+    )
+
+
+def test_egarch_simulated_forecast_is_deterministic(sp500: pd.Series) -> None:
+    fit = fit_garch(sp500.iloc[-600:], GarchSpec(vol="EGARCH", dist="normal"))
+    first = filter_garch(sp500.iloc[-400:], fit)
+    pd.testing.assert_frame_equal(first, filter_garch(sp500.iloc[-400:], fit))
+    assert np.isfinite(first.to_numpy()).all()
