@@ -257,8 +257,14 @@ def _filter(returns_pct: pd.Series, fit: GarchFit, start: int) -> np.ndarray:
     params = fit.starting_values
     n_mean, n_vol = model.num_params, model.volatility.num_params
     if len(params) != n_mean + n_vol + model.distribution.num_params:
-        raise ValueError(f"fit has {len(params)} parameters, the spec {spec} needs a different count")
-    mean_p, vol_p, dist_p = params[:n_mean], params[n_mean : n_mean + n_vol], params[n_mean + n_vol :]
+        raise ValueError(
+            f"fit has {len(params)} parameters, the spec {spec} needs a different count"
+        )
+    mean_p, vol_p, dist_p = (
+        params[:n_mean],
+        params[n_mean : n_mean + n_vol],
+        params[n_mean + n_vol :],
+    )
     resids = np.asarray(model.resids(mean_p), dtype=float)
     nobs = resids.shape[0]
     backcast = model.volatility.backcast(resids)

@@ -4,7 +4,8 @@ An LSTM reads a window of the last ``lookback`` sessions of ``WINDOW_COLUMNS`` (
 vols and the GARCH conditional vol and forecast) and predicts the annualised realised volatility of
 the next ``horizon`` sessions. The pieces compose like this:
 
-- :class:`LSTMSpec`: architecture and training budget (from :class:`~pipelines.settings.TrainConfig`),
+- :class:`LSTMSpec`: architecture and training budget (from
+  :class:`~pipelines.settings.TrainConfig`),
 - :class:`GarchLSTMNet`: the plain :class:`torch.nn.Module` (input standardisation, LSTM, head),
 - :class:`GarchLSTMModule` / :class:`WindowDataModule`: thin Lightning wrappers for training,
 - :func:`fit_lstm`: trains with early stopping and returns a :class:`FittedLSTM`, the deployable
@@ -51,6 +52,8 @@ _STATE_FILE = "state_dict.pt"
 _META_FILE = "fitted.json"
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 _MIN_STD = 1e-8
+_EVAL_BATCH = 4096
+_MIN_BASE = 1e-4  # floor of the base forecast (annualised vol) before its log
 _LOG_VOL_BOUNDS = (-12.0, 4.0)  # exp(4) = 5460% annualised vol: far outside any market
 
 
@@ -82,6 +85,11 @@ class LSTMSpec:
         Features per session (``len(WINDOW_COLUMNS)``).
     horizon : int
         Sessions ahead the target realised vol covers (metadata; it shapes the training target).
+    base_feature : int or None
+        Index of the feature whose last value is the hybrid's base forecast (the GARCH forecast):
+        the net predicts a multiplicative correction, ``vol = base * exp(head(h))``, so an
+        untrained net starts from the GARCH forecast scaled by its median bias on the training
+        segment. ``None`` predicts the level directly.
     """
 
     lookback: int = 20
@@ -95,6 +103,7 @@ class LSTMSpec:
     seed: int = 7
     n_features: int = len(WINDOW_COLUMNS)
     horizon: int = 5
+    base_feature: int | None = None
 
     @classmethod
     def from_train_config(cls, cfg: TrainConfig, horizon: int) -> LSTMSpec:
@@ -111,6 +120,7 @@ class LSTMSpec:
             seed=cfg.seed,
             n_features=len(WINDOW_COLUMNS),
             horizon=horizon,
+            base_feature=WINDOW_COLUMNS.index("garch_forecast"),
         )
 
     @property
@@ -164,7 +174,8 @@ class GarchLSTMNet(nn.Module):
         Per-feature standardisation (``n_features``,), fitted on the training segment. Defaults
         to identity; restored from the state dict when loading.
     y_mean : float
-        Mean training target, used to initialise the head bias.
+        Training target level used to initialise the head bias: the mean target, or with a
+        ``base_feature`` the median ratio of target to base.
     """
 
     x_mean: torch.Tensor
@@ -190,6 +201,7 @@ class GarchLSTMNet(nn.Module):
         )
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(spec.hidden, 1)
+        self.base_feature = spec.base_feature
         with torch.no_grad():
             self.head.bias.fill_(math.log(max(y_mean, 1e-6)))
 
@@ -198,6 +210,9 @@ class GarchLSTMNet(nn.Module):
         z = (x - self.x_mean) / self.x_std
         out, _ = self.lstm(z)
         log_vol = self.head(self.dropout(out[:, -1, :])).squeeze(-1)
+        if self.base_feature is not None:
+            base = x[:, -1, self.base_feature].clamp_min(_MIN_BASE)
+            log_vol = log_vol + torch.log(base)
         return torch.exp(log_vol.clamp(*_LOG_VOL_BOUNDS))
 
 
@@ -305,7 +320,8 @@ class WindowDataModule(L.LightningDataModule):
         gen = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             self.segment(name),
-            batch_size=self.batch_size,
+            # Evaluation needs no small batches: bigger ones are much faster on a CPU.
+            batch_size=self.batch_size if shuffle else max(self.batch_size, _EVAL_BATCH),
             shuffle=shuffle,
             generator=gen,
             num_workers=0,
@@ -354,7 +370,10 @@ class FittedLSTM:
         return self._net
 
     def predict(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        """Annualised vol forecasts ``(N,)`` of windows ``(N, lookback, F)`` or ``(N, lookback*F)``."""
+        """Annualised vol forecasts ``(N,)`` of windows ``(N, lookback, F)`` or ``(N, lookback*F)``.
+
+        Runs on the CPU in eval mode, in chunks of ``batch_size`` windows.
+        """
         windows = _as_windows(X, self.spec)
         net = self.network()
         out = np.empty(len(windows), dtype=np.float64)
@@ -397,8 +416,9 @@ def _check_segment(name: str, X: np.ndarray, y: np.ndarray, spec: LSTMSpec) -> n
     windows = _as_windows(X, spec)
     target = np.asarray(y, dtype=np.float64).ravel()
     if len(windows) == 0 or len(windows) != len(target):
-        raise ValueError(f"{name}: need as many (> 0) windows as targets, got "
-                         f"{len(windows)} and {len(target)}")
+        raise ValueError(
+            f"{name}: need as many (> 0) windows as targets, got {len(windows)} and {len(target)}"
+        )
     if not (np.isfinite(windows).all() and np.isfinite(target).all()):
         raise ValueError(f"{name}: windows and targets must be finite")
     if (target <= 0).any():
@@ -408,10 +428,15 @@ def _check_segment(name: str, X: np.ndarray, y: np.ndarray, spec: LSTMSpec) -> n
 
 @contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's INFO logging and warnings; restore global switches afterwards."""
+    """Silence Lightning's INFO logging and warnings; restore global switches afterwards.
+
+    ``Trainer(deterministic=True)`` flips process-wide torch switches
+    (``use_deterministic_algorithms``, ``cudnn.benchmark``); they are put back on exit.
+    """
     levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
     try:
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -423,6 +448,7 @@ def _quiet_lightning() -> Iterator[None]:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def fit_lstm(
@@ -462,7 +488,11 @@ def fit_lstm(
     flat = x_tr.reshape(-1, spec.n_features).astype(np.float64)
     x_mean = torch.from_numpy(flat.mean(axis=0)).float()
     x_std = torch.from_numpy(np.maximum(flat.std(axis=0), _MIN_STD)).float()
-    y_mean = float(np.mean(y_train))
+    if spec.base_feature is None:
+        y_mean = float(np.mean(y_train))
+    else:
+        base = np.maximum(x_tr[:, -1, spec.base_feature].astype(np.float64), _MIN_BASE)
+        y_mean = float(np.median(np.asarray(y_train, dtype=np.float64) / base))
 
     with _quiet_lightning(), tempfile.TemporaryDirectory(prefix="garch_lstm_") as tmp:
         L.seed_everything(spec.seed, workers=True, verbose=False)

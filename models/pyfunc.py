@@ -16,12 +16,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
+import mlflow
 from models.lstm import FittedLSTM, seq_columns
 
 __all__ = ["FORECAST_COLUMN", "GarchLSTMPyfunc", "log_lstm_model", "pinned_requirements"]
@@ -32,13 +33,13 @@ _ARTIFACT_KEY = "model_dir"
 _REQUIREMENTS = ("torch", "lightning", "mlflow", "pandas", "numpy", "cloudpickle")
 
 
-class GarchLSTMPyfunc(mlflow.pyfunc.PythonModel):
-    """``pyfunc`` wrapper of a :class:`~models.lstm.FittedLSTM` stored in ``artifacts["model_dir"]``."""
+class GarchLSTMPyfunc(PythonModel):
+    """``pyfunc`` wrapper of the :class:`~models.lstm.FittedLSTM` in ``artifacts["model_dir"]``."""
 
     def __init__(self) -> None:
         self._fitted: FittedLSTM | None = None
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         self._fitted = FittedLSTM.load(context.artifacts[_ARTIFACT_KEY])
 
     @property
@@ -55,7 +56,7 @@ class GarchLSTMPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(
         self,
-        context: mlflow.pyfunc.PythonModelContext | None,
+        context: PythonModelContext | None,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
@@ -70,7 +71,9 @@ class GarchLSTMPyfunc(mlflow.pyfunc.PythonModel):
         cols = self.columns
         missing = [c for c in cols if c not in frame.columns]
         if missing:
-            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+            shown = ", ".join(missing[:10]) + (
+                f", ... ({len(missing)} in all)" if len(missing) > 10 else ""
+            )
             raise ValueError(f"model input lacks columns: {shown}")
         X = frame[cols].to_numpy(dtype=np.float32)
         if not np.isfinite(X).all():

@@ -118,13 +118,10 @@ def stack_windows(seq: pd.Series, lookback: int, n_features: int) -> np.ndarray:
     return arr.reshape(len(arr), lookback, n_features)
 
 
-def window_frame(seqs: Sequence[Sequence[float]], lookback: int,
-                 n_features: int | None = None) -> pd.DataFrame:
-    """The pyfunc input for flattened windows: one row per window, wide columns ``x000``..."""
-    from pipelines.settings import WINDOW_COLUMNS
-
-    nf = n_features or len(WINDOW_COLUMNS)
-    width = lookback * nf
+def window_frame(seqs: Sequence[Sequence[float]] | np.ndarray) -> pd.DataFrame:
+    """The pyfunc input for flattened windows: one row per window, wide float columns
+    ``x000, x001, ...`` in window order (the names of ``models.lstm.seq_columns``)."""
     arr = np.asarray([np.asarray(v, dtype=np.float64) for v in seqs], dtype=np.float64)
-    arr = arr.reshape(len(seqs), width) if len(seqs) else np.zeros((0, width))
-    return pd.DataFrame(arr, columns=[f"x{i:03d}" for i in range(width)])
+    width = arr.shape[1] if arr.ndim == 2 else 0
+    digits = max(3, len(str(width - 1)))  # same names as models.lstm.seq_columns
+    return pd.DataFrame(arr, columns=[f"x{i:0{digits}d}" for i in range(width)])

@@ -216,7 +216,8 @@ def apply_repo(settings: Settings) -> None:
     """Register every definition of ``feature_repo/`` (idempotent).
 
     Equivalent to ``cd feature_repo && feast apply``: objects of the project that are no longer
-    defined in the repo are removed. Running it again with unchanged definitions is a no-op.
+    defined in the repo are removed. Running it again with unchanged definitions registers the
+    same objects (no duplicates, no version bump; only the registry timestamps move).
 
     Parameters
     ----------

@@ -25,6 +25,7 @@ import pandas as pd
 from fastapi import FastAPI, HTTPException
 
 from pipelines import feature_store
+from pipelines.datasets import window_frame
 from pipelines.settings import ALIAS_CHAMPION, Settings
 
 if TYPE_CHECKING:
@@ -286,7 +287,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             raise HTTPException(
                 404, detail=f"no usable online features for {sym}: the window has missing values"
             )
-        frame = window_frame(values)
+        frame = window_frame([values])
         try:
             out = np.asarray(model.predict(frame), dtype=np.float64).reshape(-1)
         except Exception as exc:
@@ -305,23 +306,6 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         }
 
     return app
-
-
-def window_frame(seq: np.ndarray | list[float]) -> pd.DataFrame:
-    """One-row frame of the pyfunc input: ``x000``, ``x001``, ... = the flattened window, in order.
-
-    Parameters
-    ----------
-    seq : array-like of float
-        Flattened window (lookback x ``WINDOW_COLUMNS``, row-major, oldest session first).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Shape ``(1, len(seq))``, float64.
-    """
-    values = np.asarray(seq, dtype=np.float64).reshape(1, -1)
-    return pd.DataFrame(values, columns=[f"x{i:03d}" for i in range(values.shape[1])])
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:

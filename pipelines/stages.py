@@ -275,7 +275,8 @@ def _dataset(s: Settings, d: date) -> tuple[pd.DataFrame, Any]:
     frame = keys.merge(targets, on=["symbol", "session"], how="inner").dropna(subset=["target"])
     frame = frame[frame["session"] <= pd.Timestamp(segments.test[1])]
     hist = feature_store.historical_features(
-        s, frame[["symbol", "event_timestamp", "session", "target"]], ["lstm_window:seq"]
+        s, frame[["symbol", "event_timestamp", "session", "target"]], ["lstm_window:seq"],
+        engine="asof",
     )
     hist = hist.dropna(subset=["seq"]).sort_values(["session", "symbol"]).reset_index(drop=True)
     return hist, segments
@@ -483,7 +484,7 @@ def pre_market(session: str, settings: Settings | None = None) -> Summary:
     online = online_features(s, list(s.universe), FEATURE_SERVICE)
     rows = {sym: v for sym, v in online.items() if v.get("seq") is not None}
     model = registry.load_pyfunc(s, champion)
-    frame = window_frame([rows[sym]["seq"] for sym in rows], s.train.lookback)
+    frame = window_frame([rows[sym]["seq"] for sym in rows])
     fc = _predict(model, frame) if rows else np.array([])
     out = pd.DataFrame({
         "symbol": list(rows), "session": pd.Timestamp(d),

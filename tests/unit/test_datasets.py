@@ -46,7 +46,7 @@ def test_window_helpers_shape_and_order() -> None:
     arr = stack_windows(pd.Series(seqs), lookback=2, n_features=5)
     assert arr.shape == (2, 2, 5)
     assert arr[1, 1, 0] == 15  # row-major: second session, first feature
-    frame = window_frame(seqs, lookback=2)
+    frame = window_frame(seqs)
     assert list(frame.columns[:2]) == ["x000", "x001"] and frame.shape == (2, 10)
     with pytest.raises(ValueError, match="does not match"):
         stack_windows(pd.Series(seqs), lookback=3, n_features=5)

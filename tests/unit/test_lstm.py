@@ -131,8 +131,9 @@ def test_fit_is_quiet(
     small = {k: (X[:300], y[:300]) for k, (X, y) in data.items()}
     level = logging.getLogger("lightning.pytorch").level
     with caplog.at_level(logging.INFO):
-        fit_lstm(LSTMSpec(lookback=LOOKBACK, hidden=4, max_epochs=1), *small["train"],
-                 *small["valid"])
+        fit_lstm(
+            LSTMSpec(lookback=LOOKBACK, hidden=4, max_epochs=1), *small["train"], *small["valid"]
+        )
     assert not [r for r in caplog.records if r.name.startswith("lightning")]
     assert not [w for w in recwarn if "lightning" in str(w.filename)]
     assert logging.getLogger("lightning.pytorch").level == level  # restored

@@ -10,12 +10,12 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import _tracking_service
 
+import mlflow
 from models.lstm import FittedLSTM, LSTMSpec, fit_lstm, seq_columns
 from models.pyfunc import GarchLSTMPyfunc, log_lstm_model, pinned_requirements
 from pipelines.settings import REPO_ROOT
@@ -72,9 +72,7 @@ def test_log_register_and_load_in_fresh_process(
     client = mlflow.MlflowClient(tracking)
     exp_id = client.create_experiment("pyfunc-test", artifact_location=tmp_path.as_uri())
     with mlflow.start_run(experiment_id=exp_id):
-        info = log_lstm_model(
-            fitted, registered_model_name=MODEL_NAME, input_example=frame.head(3)
-        )
+        info = log_lstm_model(fitted, registered_model_name=MODEL_NAME, input_example=frame.head(3))
     assert info.registered_model_version == 1
     assert info.signature is not None
     assert info.signature.outputs.input_names() == ["forecast"]

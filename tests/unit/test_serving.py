@@ -173,6 +173,6 @@ def test_store_without_registry_is_503(ctx: Ctx, tmp_path_factory: pytest.TempPa
 
 
 def test_window_frame_columns() -> None:
-    frame = serving.window_frame([1.0, 2.0, 3.0])
+    frame = serving.window_frame([[1.0, 2.0, 3.0]])
     assert list(frame.columns) == ["x000", "x001", "x002"]
     assert frame.dtypes.unique().tolist() == [np.float64]
