@@ -16,13 +16,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-import mlflow
 from models.lstm import FittedLSTM, seq_columns
 
 __all__ = ["FORECAST_COLUMN", "GarchLSTMPyfunc", "log_lstm_model", "pinned_requirements"]

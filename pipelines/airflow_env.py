@@ -128,6 +128,7 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__LOGGING__NAMESPACE_LEVELS": " ".join(f"{ns}=WARNING" for ns in _QUIET_LIBS),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         # Read by the feast CLI only (click envvar of ``feast --chdir``): plain ``feast`` works
         # from any cwd without changing what ``FeatureStore(repo_path=...)`` reads in Python.
         "FEATURE_REPO_DIR_ENV_VAR": str(settings.feature_repo),

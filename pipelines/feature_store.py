@@ -438,18 +438,18 @@ def _asof_join(
     left[ENTITY_KEY] = left[ENTITY_KEY].astype(str)
     feature_ts = "afterbell_feature_ts"
     for view_name, cols in wanted.items():
-        view = store.get_feature_view(view_name)
-        known = {f.name for f in view.features}
+        fv: Any = store.get_feature_view(view_name)
+        known = {f.name for f in fv.features}
         unknown = [c for c in cols if c not in known]
         if unknown:
             raise ValueError(f"feature view {view_name} has no features {unknown}")
-        ts_field = view.batch_source.timestamp_field
-        table = pq.read_table(view.batch_source.path, columns=[ENTITY_KEY, ts_field, *cols])
+        ts_field = fv.batch_source.timestamp_field
+        table = pq.read_table(fv.batch_source.path, columns=[ENTITY_KEY, ts_field, *cols])
         right = table.to_pandas().rename(columns={ts_field: feature_ts})
         right[ENTITY_KEY] = right[ENTITY_KEY].astype(str)
         right[feature_ts] = _to_utc(right[feature_ts])
         right = right.sort_values(feature_ts, kind="stable")
-        ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
+        ttl = fv.ttl if fv.ttl and fv.ttl.total_seconds() > 0 else None
         left = pd.merge_asof(
             left,
             right,

@@ -54,7 +54,9 @@ def _symbol_features(price: np.ndarray) -> dict[str, np.ndarray]:
     feats["rsi_14"] = talib.RSI(price, timeperiod=14)
     _, _, hist = talib.MACD(price, fastperiod=12, slowperiod=26, signalperiod=9)
     feats["macd_hist"] = hist / price
-    upper, _, lower = talib.BBANDS(price, timeperiod=20, nbdevup=2.0, nbdevdn=2.0, matype=0)
+    upper, _, lower = talib.BBANDS(
+        price, timeperiod=20, nbdevup=2.0, nbdevdn=2.0, matype=talib.MA_Type.SMA
+    )
     width = upper - lower
     with np.errstate(divide="ignore", invalid="ignore"):
         pctb = np.where(width > 0, (price - lower) / width, np.nan)
@@ -95,7 +97,11 @@ def compute_features(bars: pd.DataFrame) -> pd.DataFrame:
     prices = price_all.to_numpy(dtype="float64")
 
     out = {c: np.full(len(frame), np.nan) for c in FEATURE_COLUMNS}
-    starts = np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]]) if len(frame) else []
+    starts: np.ndarray = (
+        np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]])
+        if len(frame)
+        else np.array([], int)
+    )
     bounds = np.r_[starts, len(frame)]
     for i in range(len(starts)):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
@@ -181,7 +187,11 @@ def build_windows(
     values = merged.loc[:, cols].to_numpy(dtype="float64")
     symbols = merged["symbol"].to_numpy()
     width = lookback * len(cols)
-    starts = np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]]) if len(merged) else []
+    starts: np.ndarray = (
+        np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]])
+        if len(merged)
+        else np.array([], int)
+    )
     bounds = np.r_[starts, len(merged)]
     rows: list[np.ndarray] = []
     blocks: list[np.ndarray] = []

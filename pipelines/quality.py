@@ -316,7 +316,7 @@ def _pandas_error(df: pd.DataFrame, check: BarCheck) -> DataQualityError | None:
     if not mask.any():
         return None
     first = df.iloc[int(np.flatnonzero(mask)[0])]
-    return _row_error(df, check, first.to_dict(), int(mask.sum()))
+    return _row_error(df, check, {str(k): v for k, v in first.items()}, int(mask.sum()))
 
 
 def _columns_error(df: pd.DataFrame, check: BarCheck, observed: Any) -> DataQualityError:
@@ -627,6 +627,7 @@ def validate_bars(
             conf = result.expectation_config
             check = BarCheck(conf.type, dict(conf.kwargs), "")
             pos = len(checks)
+        assert pos is not None
         failures.append((pos, _result_error(frame, check, result)))
     failures.sort(key=lambda item: item[0])
     errors = [err for _, err in failures]

@@ -18,9 +18,8 @@ from pipelines.settings import (
 )
 
 if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
-
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger("afterbell.registry")
 

@@ -287,7 +287,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             raise HTTPException(
                 404, detail=f"no usable online features for {sym}: the window has missing values"
             )
-        frame = window_frame([values])
+        frame = window_frame(np.asarray(values, dtype=np.float64).reshape(1, -1))
         try:
             out = np.asarray(model.predict(frame), dtype=np.float64).reshape(-1)
         except Exception as exc:

@@ -153,13 +153,13 @@ def load_replay_panel() -> pd.DataFrame:
     """
     prices = _load_skfolio_sp500()
     prices = prices.loc[:, [s for s in settings.STOCKS if s in prices.columns]]
-    stocks = prices.rename_axis(index="session", columns="symbol").stack().rename("close")
-    stocks = stocks.dropna().reset_index()
+    long = pd.Series(prices.rename_axis(index="session", columns="symbol").stack(), name="close")
+    stocks: pd.DataFrame = long.dropna().reset_index()
     stocks["adj_close"] = stocks["close"]
     for col in ("open", "high", "low", "volume"):
         stocks[col] = np.nan
 
-    frames = [stocks]
+    frames: list[pd.DataFrame] = [stocks]
     for symbol, name in (("SPX", "sp500"), ("NDX", "nasdaq")):
         raw = _load_arch_index(name)
         idx = raw.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))

@@ -204,7 +204,7 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
     return _run_record(s, d, "garch", {
         "session": d.isoformat(),
         "symbols_fitted": len(params),
-        "converged": int(sum(p["converged"] for p in params)),
+        "converged": sum(bool(p["converged"]) for p in params),
         "rows_written": len(out),
         "seconds": round(time.perf_counter() - t0, 2),
         "spec": asdict(spec),
@@ -289,6 +289,7 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     the registry never holds duplicates for a session.
     """
     import mlflow
+
     from models.lstm import LSTMSpec, fit_lstm, seq_columns
     from models.pyfunc import log_lstm_model
     from pipelines import registry
@@ -384,6 +385,7 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     reasons and every metric are logged to an MLflow run with ``validation/report.json``.
     """
     import mlflow
+
     from models.lstm import seq_columns
     from pipelines import registry
     from pipelines.datasets import stack_windows

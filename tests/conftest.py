@@ -11,7 +11,9 @@ from pipelines.settings import Settings, TrainConfig
 
 #: A small slice of the real universe: two stocks (close only) and one index (OHLCV).
 SMALL_UNIVERSE = ("AAPL", "MSFT", "SPX")
-SESSION = date(2018, 12, 31)
+#: A session whose 60-session holdout (autumn 2017) the tiny-budget GARCH-LSTM wins on MAE against
+#: GARCH (measured: 0.056 against 0.077), so the end-to-end test exercises promotion and serving.
+SESSION = date(2017, 12, 29)
 
 
 @pytest.fixture

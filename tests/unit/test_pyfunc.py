@@ -10,12 +10,12 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import _tracking_service
 
-import mlflow
 from models.lstm import FittedLSTM, LSTMSpec, fit_lstm, seq_columns
 from models.pyfunc import GarchLSTMPyfunc, log_lstm_model, pinned_requirements
 from pipelines.settings import REPO_ROOT
