@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from pipelines.settings import WINDOW_COLUMNS, TrainConfig
 
 __all__ = [
+    "EpochProgress",
     "FittedLSTM",
     "GarchLSTMModule",
     "GarchLSTMNet",
@@ -412,6 +413,22 @@ class FittedLSTM:
         )
 
 
+class EpochProgress(Callback):
+    """Log one line per epoch (train and valid MAE) to ``afterbell.lstm``: training's progress
+    in the Airflow task log without Lightning's progress bar."""
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        module = pl_module
+        if not isinstance(module, GarchLSTMModule) or not module.valid_history:
+            return
+        total, n = module._sums["train"]  # the epoch's running sum: train_history lags here
+        train = total / n if n else float("nan")
+        logging.getLogger("afterbell.lstm").info(
+            "epoch %d/%d: train MAE %.5f, valid MAE %.5f",
+            trainer.current_epoch + 1, trainer.max_epochs, train, module.valid_history[-1],
+        )
+
+
 def _check_segment(name: str, X: np.ndarray, y: np.ndarray, spec: LSTMSpec) -> np.ndarray:
     windows = _as_windows(X, spec)
     target = np.asarray(y, dtype=np.float64).ravel()
@@ -518,7 +535,7 @@ def fit_lstm(
             devices=1,
             max_epochs=spec.max_epochs,
             deterministic=True,
-            callbacks=[stopper, checkpoint, *callbacks],
+            callbacks=[stopper, checkpoint, EpochProgress(), *callbacks],
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
