@@ -28,6 +28,9 @@ $(STAMP): requirements/lock.txt setup.cfg pyproject.toml
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.8
 	$(BIN)/uv pip install -q $(UV_FLAGS) -r requirements/lock.txt
 	$(BIN)/uv pip install -q $(UV_FLAGS) --no-deps -e .
+	@# setuptools leaves a copy of the metadata in the checkout; on sys.path it would register
+	@# the Airflow plugin (entry point airflow.plugins) a second time.
+	@rm -rf afterbell.egg-info
 	@touch $(STAMP)
 
 run: setup
@@ -52,6 +55,7 @@ airflow-ui: setup
 	@. $(AFTERBELL_HOME)/env.sh; trap 'kill 0' EXIT; \
 	  airflow dag-processor >$(AFTERBELL_HOME)/airflow/dag-processor.log 2>&1 & \
 	  airflow scheduler >$(AFTERBELL_HOME)/airflow/scheduler.log 2>&1 & \
+	  airflow triggerer >$(AFTERBELL_HOME)/airflow/triggerer.log 2>&1 & \
 	  echo "[afterbell] Airflow UI on http://127.0.0.1:8080 - user admin, password in" \
 	       "$(AFTERBELL_HOME)/airflow/simple_auth_manager_passwords.json.generated"; \
 	  airflow api-server --host 127.0.0.1 --port 8080

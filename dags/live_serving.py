@@ -11,7 +11,9 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
+
+from pipelines.timetable import NYSESessionTimetable
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,8 @@ NY = "America/New_York"
 DOC_MD = """
 ### afterbell live serving
 
-One run per NYSE session at the 09:30 New York open; the **logical date is the session**.
+One run per NYSE session (`NYSESessionTimetable`), due at the open (09:30 New York) and serving
+until the close (13:00 on half days); the **logical date is the session**.
 `resolve_session` skips the run on weekdays that are not sessions, then `serve` runs
 `pipelines.stages.serve_session(session)` against the `champion` model.
 """
@@ -28,8 +31,8 @@ One run per NYSE session at the 09:30 New York open; the **logical date is the s
 
 @dag(
     dag_id="live_serving",
-    schedule=CronTriggerTimetable("30 9 * * 1-5", timezone=NY),
-    start_date=pendulum.datetime(1990, 1, 1, tz=NY),
+    schedule=NYSESessionTimetable(due="open"),
+    start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["afterbell", "serving"],
@@ -57,11 +60,11 @@ def live_serving():
         log.info("NYSE session %s", session)
         return session
 
-    @task
+    @task(pool="serving")
     def serve(session: str) -> dict:
-        from pipelines import stages
+        from pipelines.tasks import run_stage
 
-        return stages.serve_session(session)
+        return run_stage("serve_session", session)
 
     serve(resolve_session())
 

@@ -196,13 +196,24 @@ def _db_is_migrated(db: Path) -> bool:
 def ensure_airflow_db(settings: Settings) -> None:
     """Run ``airflow db migrate`` unless this Airflow version already migrated this DB.
 
-    A no-op costs a few milliseconds: a stamp file (Airflow version + DB path) next to the DB and
-    a read-only look at its ``alembic_version`` table. Concurrent callers serialise on a lock.
+    Also creates the ``training`` and ``serving`` pools with the slots of ``afterbell.toml``.
+    A no-op costs a few milliseconds: a stamp file (Airflow version, DB path, pools) next to the
+    DB and a read-only look at its ``alembic_version`` table. Concurrent callers serialise on a
+    lock.
     """
+    from pipelines.schedule import load_config
+
     home = settings.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     db, stamp_path = _db_path(settings), home / _STAMP
-    stamp = {"airflow": airflow_version(), "db": str(db)}
+    cfg = load_config().pools
+    pools = {
+        "training": {"slots": cfg.training_slots, "include_deferred": False,
+                     "description": "afterbell training tasks (light and heavy)"},
+        "serving": {"slots": cfg.serving_slots, "include_deferred": False,
+                    "description": "afterbell live serving: never waits for training"},
+    }
+    stamp = {"airflow": airflow_version(), "db": str(db), "pools": pools}
 
     def up_to_date() -> bool:
         try:
@@ -226,6 +237,15 @@ def ensure_airflow_db(settings: Settings) -> None:
         if proc.returncode != 0 or not _db_is_migrated(db):
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
             raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}):\n{tail}")
+        pools_file = home / "pools.json"
+        pools_file.write_text(json.dumps(pools, indent=2))
+        proc = subprocess.run(
+            ["airflow", "pools", "import", str(pools_file)],
+            env=_full_env(settings), capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+            raise RuntimeError(f"`airflow pools import` failed (exit {proc.returncode}):\n{tail}")
         stamp_path.write_text(json.dumps(stamp))
 
 

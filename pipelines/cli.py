@@ -144,6 +144,7 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
     runs = settings.runs_dir / f"session={session}"
     ing, val = _read(runs / "ingest.json"), _read(runs / "validation.json")
     heavy, pre = _read(runs / "heavy_training.json"), _read(runs / "pre_market.json")
+    plan = _read(runs / "plan_training.json")
     champion = registry.alias_version(settings, ALIAS_CHAMPION)
     lines = [
         "",
@@ -151,14 +152,19 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
         f"afterbell nightly cycle - session {session}",
         "=" * 72,
         f"symbols          {ing.get('symbols', '?')} ingested ({len(settings.universe)} in the "
-        f"universe); {ing.get('sessions_written', '?')} session(s) written to the lake",
+        f"universe); lake history from {ing.get('history_start', '?')}",
         f"data quality     {ing.get('data_quality', 'unknown')} "
         f"({ing.get('expectations', '?')} expectations)",
-        f"challenger       {settings.model_name} v{heavy.get('version', '?')}"
-        f"{' (reused)' if heavy.get('reused') else ''}",
     ]
+    if plan and not plan.get("run", True):
+        lines.append(f"heavy training   skipped: {plan['reason']}")
+    else:
+        lines.append(f"challenger       {settings.model_name} v{heavy.get('version', '?')}"
+
+                     f"{' - ' + plan['reason'] if plan else ''}")
     if val:
         lines.append(f"validation       {val['decision']}: " + "; ".join(val["reasons"]))
+    if val.get("holdout"):
         h = val["holdout"]
         lines.append(f"holdout          {h['start']}..{h['end']}, {h['rows']} forecasts of "
                      f"{h['horizon']}-session realised vol")

@@ -31,7 +31,6 @@ import io
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,8 +93,10 @@ def write_offline_table(settings: Settings, view: ViewName, df: pd.DataFrame) ->
     """Atomically replace the offline table of ``view`` with ``df``.
 
     The frame is validated against the data contract, ``event_timestamp`` is normalised to
-    ``datetime64[ns, UTC]``, and the file is written to a temporary name in the same folder and
-    moved into place with :func:`os.replace`, so readers never see a half-written file.
+    ``datetime64[ns, UTC]``, and the file is written to a temporary name in the same folder
+    (:func:`pipelines.lake.temp_path`), fsynced and moved into place with :func:`os.replace`, so
+    readers never see a half-written file; temporary files left by a writer that was killed are
+    removed afterwards (:func:`pipelines.lake.remove_stale_temps`).
 
     Parameters
     ----------
@@ -120,6 +121,8 @@ def write_offline_table(settings: Settings, view: ViewName, df: pd.DataFrame) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipelines import lake
+
     path = offline_path(settings, view)
     required = ("symbol", "session", TIMESTAMP_COLUMN, *VIEW_COLUMNS[view])
     missing = [c for c in required if c not in df.columns]
@@ -139,15 +142,18 @@ def write_offline_table(settings: Settings, view: ViewName, df: pd.DataFrame) ->
     if view == "lstm_window":
         seq_idx = table.schema.get_field_index("seq")
         table = table.set_column(seq_idx, "seq", table.column("seq").cast(pa.list_(pa.float64())))
-    fd, tmp = tempfile.mkstemp(prefix=f".{view}.", suffix=".parquet.tmp", dir=path.parent)
-    os.close(fd)
+    tmp = lake.temp_path(path)
     try:
-        pq.write_table(table, tmp)
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    lake.remove_stale_temps(path)  # left by a writer killed mid-write
     return path
 
 

@@ -8,6 +8,11 @@ Every partition file also carries its ``session`` column (``datetime64[ns]``), s
 the same dtypes that were written. Writes are atomic (temporary file in the partition folder,
 fsync, :func:`os.replace`) and deterministic: the same frame always gives byte-identical files
 (rows sorted by ``symbol``, index dropped, no timestamps in the Parquet metadata).
+
+A writer killed mid-write (SIGKILL, OOM) can leave its temporary file behind. Temporary files are
+named ``.<name>.<pid>.<hex>.tmp``: hidden from every reader (only ``part-0.parquet`` is listed, and
+pyarrow's dataset discovery skips dot-files), and removed by the next successful write of the same
+file once their writer process is gone (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -80,10 +85,62 @@ def _to_arrow(df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(df, preserve_index=False)
 
 
+def temp_path(dest: Path) -> Path:
+    """A fresh temporary name next to ``dest``, ``.<name>.<pid>.<hex>.tmp`` (readers skip it)."""
+    return dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":
+        return True  # never judge our own writers, nor where signal 0 is not a probe
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(dest: Path) -> list[Path]:
+    """Remove the temporary files of ``dest`` left by writers that died mid-write.
+
+    Only files named like :func:`temp_path` names them, whose writer process no longer exists
+    (on this host), are removed: a concurrent writer's file is left alone.
+
+    Parameters
+    ----------
+    dest : Path
+        The file whose leftover temporary files are removed.
+
+    Returns
+    -------
+    list[Path]
+        The files removed.
+    """
+    prefix = f".{dest.name}."
+    removed: list[Path] = []
+    try:
+        with os.scandir(dest.parent) as entries:
+            names = [e.name for e in entries if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        pid, _, rest = name[len(prefix) :].partition(".")
+        if not (pid.isdigit() and rest.endswith(".tmp")) or _pid_alive(int(pid)):
+            continue
+        stale = dest.parent / name
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            removed.append(stale)
+    return removed
+
+
 def _write_atomic(table: pa.Table, dest: Path) -> Path:
-    """Write ``table`` to ``dest`` atomically (temp file in the same folder, fsync, replace)."""
+    """Write ``table`` to ``dest`` atomically (temp file in the same folder, fsync, replace),
+    then remove temporary files of ``dest`` that killed writers left behind."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    tmp = temp_path(dest)
     try:
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="snappy", store_schema=True)
@@ -94,6 +151,7 @@ def _write_atomic(table: pa.Table, dest: Path) -> Path:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    remove_stale_temps(dest)
     return dest
 
 

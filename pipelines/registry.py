@@ -95,6 +95,17 @@ def version_for_session(settings: Settings, session: str) -> ModelRef | None:
     return _ref(max(ready, key=lambda mv: int(mv.version)))
 
 
+def registered_before(settings: Settings, session: str) -> bool:
+    """Whether any version was registered by a heavy stage of a session before ``session``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(settings).search_model_versions(f"name = '{settings.model_name}'")
+    except MlflowException:
+        return False
+    return any(mv.tags.get("session", "9999") < session for mv in found)
+
+
 def set_alias(settings: Settings, alias: str, version: str) -> None:
     client(settings).set_registered_model_alias(settings.model_name, alias, version)
     log.info("alias %s -> %s v%s", alias, settings.model_name, version)
@@ -139,6 +150,7 @@ __all__ = [
     "ensure_experiment",
     "load_pyfunc",
     "promote",
+    "registered_before",
     "set_alias",
     "tag_version",
     "version_for_session",

@@ -58,8 +58,15 @@ def _write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def _run_record(s: Settings, d: date, stage: str, payload: Summary) -> Summary:
+    """Write the stage's summary for the session (overwrite; deterministic content only, so a
+    re-run of the session leaves the file byte-identical) and return it."""
     _write_json(s.runs_dir / f"session={d.isoformat()}" / f"{stage}.json", payload)
     return payload
+
+
+def _stored_record(s: Settings, d: date, stage: str) -> Summary | None:
+    path = s.runs_dir / f"session={d.isoformat()}" / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _lake_range(s: Settings, table: str, end: date, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -124,11 +131,12 @@ def ingest(
         lake.write_partition(s.lake_dir, "bars", d, bars)
     else:
         lake.write_partitions(s.lake_dir, "bars", bars)
+    log.info("ingest %s: %d session partition(s) written to %s", d, len(wanted), s.lake_dir)
     today_bars = bars[bars["session"] == pd.Timestamp(d)]
     return _run_record(s, d, "ingest", {
         "session": d.isoformat(),
-        "sessions_written": len(wanted),
-        "rows": len(bars),
+        "history_start": history[0].isoformat(),
+        "rows": len(today_bars),
         "symbols": int(today_bars["symbol"].nunique()),
         "data_quality": "passed" if summary.success else "failed",
         "expectations": summary.evaluated,
@@ -150,13 +158,29 @@ def build_features(session: str, settings: Settings | None = None) -> Summary:
     wanted = _to_write(s, "features", d, history)
     out = feats[feats["session"].dt.date.isin(wanted)]
     lake.write_partitions(s.lake_dir, "features", out)
+    log.info("features %s: %d session partition(s) written", d, len(wanted))
     today = feats[feats["session"] == pd.Timestamp(d)]
     return _run_record(s, d, "features", {
         "session": d.isoformat(),
-        "sessions_written": len(wanted),
-        "rows": len(out),
+        "rows": len(today),
         "symbols_with_features": int(today.dropna(subset=["rv_22"])["symbol"].nunique()),
     })
+
+
+def monitor(session: str, settings: Settings | None = None) -> Summary:
+    """Score the champion's live forecasts against what was realised; request a retrain on a
+    breach of the thresholds in ``afterbell.toml`` ``[monitoring]``."""
+    from pipelines.monitoring import MonitorThresholds, monitor_session
+    from pipelines.schedule import load_config
+
+    d, s = _setup(session, settings)
+    thresholds = MonitorThresholds.from_mapping(load_config().monitoring)
+    report = monitor_session(s, d, thresholds)
+    for line in report.breaches:
+        log.warning("monitoring %s: %s", d, line)
+    return {"session": d.isoformat(), "retrain": report.retrain,
+            "breaches": list(report.breaches), "n_scored": report.n_scored,
+            "live_mae": report.live_mae, "baseline_mae": report.baseline_mae}
 
 
 # --------------------------------------------------------------------------- light training
@@ -177,7 +201,6 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
     spec = GarchSpec(horizon=s.horizon)
     present = set(lake.partition_sessions(s.lake_dir, "garch"))
     rows, params = [], []
-    t0 = time.perf_counter()
     for symbol, g in feats.groupby("symbol", sort=True):
         r = g.set_index("session")["ret_1"].dropna()
         if len(r) < s.garch_min_obs or r.index[-1] != pd.Timestamp(d):
@@ -201,12 +224,11 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
     out = out[["symbol", "session", "event_timestamp", *GARCH_COLUMNS]]
     lake.write_partitions(s.lake_dir, "garch", out)
     lake.write_partition(s.lake_dir, "garch_params", d, pd.DataFrame(params))
+    log.info("garch %s: %d symbols fitted, %d rows written", d, len(params), len(out))
     return _run_record(s, d, "garch", {
         "session": d.isoformat(),
         "symbols_fitted": len(params),
         "converged": sum(bool(p["converged"]) for p in params),
-        "rows_written": len(out),
-        "seconds": round(time.perf_counter() - t0, 2),
         "spec": asdict(spec),
     })
 
@@ -282,6 +304,23 @@ def _dataset(s: Settings, d: date) -> tuple[pd.DataFrame, Any]:
     return hist, segments
 
 
+def plan_training(session: str, settings: Settings | None = None) -> Summary:
+    """Tonight's heavy-training decision: cadence (``afterbell.toml``), registry, monitoring."""
+    from pipelines import registry
+    from pipelines.monitoring import consumed_retrain, pending_retrain
+    from pipelines.schedule import load_config, training_plan
+
+    d, s = _setup(session, settings)
+    # Decided from the state before this session's own heavy run, so a re-run plans the same.
+    has_model = registry.registered_before(s, d.isoformat())
+    request = pending_retrain(s) or consumed_retrain(s, d.isoformat())
+    plan = training_plan(d, load_config().cadence, has_model=has_model,
+                         retrain_reasons=tuple(request.reasons) if request else ())
+    return _run_record(s, d, "plan_training", {
+        "session": d.isoformat(), "run": plan.run, "kind": plan.kind, "reason": plan.reason,
+    })
+
+
 def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     """Train the GARCH-LSTM on the point-in-time training set, register it, alias ``challenger``.
 
@@ -299,11 +338,14 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     existing = registry.version_for_session(s, d.isoformat())
     if existing is not None:
         registry.set_alias(s, ALIAS_CHALLENGER, existing.version)
-        return _run_record(s, d, "heavy_training", {
-            "session": d.isoformat(), "model": s.model_name, "version": existing.version,
-            "alias": ALIAS_CHALLENGER, "reused": True,
-        })
-    t0 = time.perf_counter()
+        log.info("heavy %s: reusing v%s registered by this session", d, existing.version)
+        stored = _stored_record(s, d, "heavy_training")
+        if stored is None or stored.get("version") != existing.version:
+            stored = _run_record(s, d, "heavy_training", {
+                "session": d.isoformat(), "model": s.model_name, "version": existing.version,
+                "alias": ALIAS_CHALLENGER,
+            })
+        return {**stored, "reused": True}
     data, seg = _dataset(s, d)
     nf = len(WINDOW_COLUMNS)
     spec = LSTMSpec.from_train_config(s.train, horizon=s.horizon)
@@ -339,12 +381,16 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
         "horizon": s.horizon, "run_id": run.info.run_id,
     })
     registry.set_alias(s, ALIAS_CHALLENGER, version)
-    return _run_record(s, d, "heavy_training", {
+    from pipelines.monitoring import clear_retrain, pending_retrain
+
+    if pending_retrain(s) is not None:
+        clear_retrain(s, consumed_by_session=d.isoformat())
+    record = _run_record(s, d, "heavy_training", {
         "session": d.isoformat(), "model": s.model_name, "version": version,
-        "alias": ALIAS_CHALLENGER, "reused": False, "train_rows": len(tr),
+        "alias": ALIAS_CHALLENGER, "train_rows": len(tr),
         "valid_rows": len(va), "best_valid_loss": float(min(fitted.valid_loss)),
-        "seconds": round(time.perf_counter() - t0, 1),
     })
+    return {**record, "reused": False}
 
 
 # -------------------------------------------------------------------------------- validation
@@ -395,7 +441,30 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     challenger = registry.alias_version(s, ALIAS_CHALLENGER)
     if challenger is None:
         raise ValueError(f"no '{ALIAS_CHALLENGER}' version of {s.model_name} to validate")
+    stored = _stored_record(s, d, "validation")
+    if (stored is not None and stored.get("challenger") == challenger.version
+            and f"validation.{d.isoformat()}.decision" in challenger.tags):
+        # This session already judged this challenger: a re-run reports the same verdict
+        # instead of judging again against the champion it may itself have promoted.
+        log.info("validation %s: v%s already judged (%s)", d, challenger.version,
+                 stored["decision"])
+        return {**stored, "reused": True}
     champion = registry.alias_version(s, ALIAS_CHAMPION)
+    earlier = sorted(
+        k.split(".")[1] for k in challenger.tags
+        if k.startswith("validation.") and k.endswith(".decision") and k.split(".")[1] < str(d)
+    )
+    if earlier:
+        # Scoring the same challenger again on a later holdout until it wins would be a
+        # multiple-testing loophole: a version gets one verdict.
+        reason = (f"challenger v{challenger.version} was already validated on {earlier[-1]} "
+                  f"({challenger.tags[f'validation.{earlier[-1]}.decision']}); no new challenger")
+        log.info("validation %s skipped: %s", d, reason)
+        final = registry.alias_version(s, ALIAS_CHAMPION)
+        return _run_record(s, d, "validation", {
+            "session": d.isoformat(), "decision": "skipped", "reasons": [reason],
+            "challenger": challenger.version, "champion_after": final.version if final else None,
+        })
     data, seg = _dataset(s, d)
     test = data[seg.of(data["session"], "test")].reset_index(drop=True)
     nf = len(WINDOW_COLUMNS)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import SESSION, SMALL_UNIVERSE, small_env
@@ -145,14 +146,69 @@ def test_second_run_reuses_state_and_changes_nothing(
 
     env, home, _ = cycle
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("AFTERBELL_")})
-    bars_before = _tree_digest(home / "lake" / "bars")
-    garch_before = _tree_digest(home / "lake" / "garch")
+    # the lake, the offline store and the stages' records (not the databases or the reports)
+    stable = ("lake", "offline", "runs")
+    before = {name: _tree_digest(home / name) for name in stable}
     proc = _run(["run", "--session", SESSION.isoformat(), "--no-summary"], env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert _tree_digest(home / "lake" / "bars") == bars_before
-    assert _tree_digest(home / "lake" / "garch") == garch_before
+    after = {name: _tree_digest(home / name) for name in stable}
+    for name in stable:
+        changed = sorted(k for k in before[name].keys() | after[name].keys()
+                         if before[name].get(k) != after[name].get(k))
+        assert not changed, f"{name}: re-run changed {changed[:10]}"
     versions = registry.client(settings).search_model_versions(f"name = '{settings.model_name}'")
     assert len(versions) == 1  # the session's version is reused, not duplicated
-    heavy = json.loads((home / "runs" / f"session={SESSION.isoformat()}" /
-                        "heavy_training.json").read_text())
-    assert heavy["reused"] is True
+    assert "reusing v1 registered by this session" in proc.stdout + proc.stderr
+
+
+def _plant_forecasts(home: Path, *, degrade_last_week: bool) -> None:
+    """Forecasts of the champion (v1) for the sessions before SESSION: exactly the realised
+    volatility (a perfect live record), or the same with the last scorable week doubled."""
+    from pipelines import lake
+    from pipelines.datasets import forward_targets
+
+    rets = lake.read_table(home / "lake", "features", end=SESSION,
+                           columns=["symbol", "session", "ret_1"])
+    targets = forward_targets(rets, horizon=5).dropna(subset=["target"])
+    targets = targets[targets["session"] >= pd.Timestamp("2017-11-15")]
+    last_week = sorted(targets["session"].unique())[-5:]
+    for session, part in targets.groupby("session"):
+        factor = 2.0 if degrade_last_week and session in last_week else 1.0
+        frame = pd.DataFrame({
+            "symbol": part["symbol"].to_numpy(), "session": session, "for_session": session,
+            "forecast": part["target"].to_numpy() * factor, "model_version": "1", "asof": 0,
+        })
+        lake.write_partition(home / "lake", "forecasts", pd.Timestamp(session).date(), frame)
+
+
+@pytest.mark.parametrize("degrade", [False, True])
+def test_planted_degradation_triggers_a_retrain_the_calendar_would_skip(
+    cycle: tuple[dict[str, str], Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    degrade: bool,
+) -> None:
+    import shutil
+
+    from pipelines import stages
+    from pipelines.settings import Settings
+
+    env, home, _ = cycle
+    copy = tmp_path / "afterbell"
+    shutil.copytree(home, copy)
+    config = tmp_path / "afterbell.toml"
+    config.write_text("[monitoring]\nmae_window = 5\n")  # judge the live MAE over one week
+    monkeypatch.setenv("AFTERBELL_CONFIG", str(config))
+    settings = Settings.from_env(
+        {**{k: v for k, v in env.items() if k.startswith("AFTERBELL_")},
+         "AFTERBELL_HOME": str(copy)}
+    )
+    _plant_forecasts(copy, degrade_last_week=degrade)
+    report = stages.monitor(SESSION.isoformat(), settings=settings)
+    # 2018-01-03 is a Wednesday: neither the last session of its week nor of its month
+    plan = stages.plan_training("2018-01-03", settings=settings)
+    if degrade:
+        assert report["retrain"] is True
+        assert any("MAE" in b for b in report["breaches"]), report["breaches"]
+        assert plan["run"] is True and "requested by monitoring" in plan["reason"]
+    else:
+        assert report["retrain"] is False, report["breaches"]
+        assert plan["run"] is False and "no retrain" in plan["reason"]

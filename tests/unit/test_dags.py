@@ -33,13 +33,21 @@ GROUPS = (
 #: nightly_cycle's tasks in execution order (each depends on the one before it).
 NIGHTLY_ORDER = (
     "resolve_session",
+    "close_analysis.window",
     "close_analysis.ingest",
     "close_analysis.build_features",
+    "close_analysis.monitor",
+    "light_training.window",
     "light_training.refit_garch",
+    "data_processing.window",
     "data_processing.build_feature_tables",
     "data_processing.materialize",
+    "heavy_training.window",
+    "heavy_training.plan",
     "heavy_training.train_challenger",
+    "validation.window",
     "validation.validate_and_promote",
+    "pre_market.window",
     "pre_market.pre_market",
 )
 HEAVY = ("torch", "lightning", "mlflow", "feast", "great_expectations", "arch", "talib")
@@ -57,7 +65,6 @@ import airflow.sdk  # noqa: F401
 import sqlalchemy.engine
 from airflow.dag_processing.dagbag import DagBag
 from airflow.timetables.base import TimeRestriction
-from airflow.timetables.trigger import CronTriggerTimetable as CoreCron
 
 dags_dir, files, heavy = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",")
 attempts = []
@@ -97,13 +104,12 @@ out["attempts"] = attempts
 
 for dag_id, dag in bag.dags.items():
     tt = dag.timetable
-    core = CoreCron(tt.expression, timezone=tt.timezone)
     restriction = TimeRestriction(
         earliest=datetime(2018, 1, 1, tzinfo=timezone.utc), latest=None, catchup=True
     )
     runs, last = [], None
     for _ in range(300):  # about 14 months of weekdays: crosses both DST switches
-        info = core.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
+        info = tt.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
         last = info.data_interval
         runs.append(
             [info.logical_date.date().isoformat(),
@@ -117,8 +123,7 @@ for dag_id, dag in bag.dags.items():
         "operators": {t.task_id: type(t).__name__ for t in dag.tasks},
         "top_level": list(dag.task_group.children),
         "timetable": type(tt).__name__,
-        "cron": tt.expression,
-        "tz": str(getattr(tt.timezone, "name", tt.timezone)),
+        "timetable_args": tt.serialize(),
         "start_date": dag.start_date.isoformat(),
         "catchup": dag.catchup,
         "max_active_runs": dag.max_active_runs,
@@ -173,7 +178,9 @@ def test_parse_is_fast_light_and_offline(probe: dict, name: str) -> None:
     stats = probe["files"][name]
     assert stats["seconds"] < PARSE_BUDGET_S, stats
     assert stats["heavy"] == [], f"{name} imports heavy modules at parse time: {stats['heavy']}"
-    assert stats["pipelines"] == [], f"{name} imports pipelines at parse time: {stats['pipelines']}"
+    # only the light scheduling classes (timetable, window sensor) are imported at parse time
+    allowed = {"pipelines", "pipelines.timetable", "pipelines.sensors"}
+    assert set(stats["pipelines"]) <= allowed, f"{name} imports {stats['pipelines']} at parse time"
     assert probe["attempts"] == [], f"DB/network access while parsing: {probe['attempts']}"
     assert probe["heavy_after_dagbag"] == []
     loads = {Path(f).name: s for f, s in probe["load_seconds"].items()}
@@ -187,8 +194,14 @@ def test_nightly_cycle_wiring(probe: dict) -> None:
     assert dag["top_level"] == ["resolve_session", *GROUPS]
     for prev, task_id in itertools.pairwise(NIGHTLY_ORDER):
         assert prev in dag["upstream"][task_id], (prev, task_id)
-        # every stage task gets the session from resolve_session's XCom
-        assert "resolve_session" in dag["upstream"][task_id]
+        # every stage task gets the session from resolve_session's XCom; every window sensor
+        # its target time
+        if not task_id.endswith(".window") or task_id.startswith("close_analysis"):
+            assert "resolve_session" in dag["upstream"][task_id]
+    for task_id in NIGHTLY_ORDER:
+        if task_id.endswith(".window"):
+            assert dag["operators"][task_id] == "StageWindowSensor"
+    assert "ShortCircuit" in dag["operators"]["heavy_training.plan"]
     assert dag["upstream"]["resolve_session"] == []
     assert "ShortCircuit" in dag["operators"]["resolve_session"]
 
@@ -200,14 +213,11 @@ def test_live_serving_wiring(probe: dict) -> None:
     assert "ShortCircuit" in dag["operators"]["resolve_session"]
 
 
-@pytest.mark.parametrize(
-    ("dag_id", "cron"), [("nightly_cycle", "0 16 * * 1-5"), ("live_serving", "30 9 * * 1-5")]
-)
-def test_schedule_and_defaults(probe: dict, dag_id: str, cron: str) -> None:
+@pytest.mark.parametrize(("dag_id", "due"), [("nightly_cycle", "close"), ("live_serving", "open")])
+def test_schedule_and_defaults(probe: dict, dag_id: str, due: str) -> None:
     dag = probe["dags"][dag_id]
-    assert dag["timetable"] == "CronTriggerTimetable"
-    assert dag["cron"] == cron
-    assert dag["tz"] == "America/New_York"
+    assert dag["timetable"] == "NYSESessionTimetable"
+    assert dag["timetable_args"] == {"due": due}
     assert dag["start_date"].startswith("1990-01-01T")
     assert dag["catchup"] is False
     assert dag["max_active_runs"] == 1
@@ -225,6 +235,7 @@ def test_scheduled_logical_date_is_the_new_york_date(probe: dict, dag_id: str) -
     assert len(runs) == 300
     assert all(utc_day == ny_day for utc_day, ny_day in runs)
     assert all(date.fromisoformat(day).weekday() < 5 for day, _ in runs)
+    assert "2018-11-22" not in {day for day, _ in runs}  # Thanksgiving
 
 
 # ------------------------------------------------------------------------- resolve_session logic

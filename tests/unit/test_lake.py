@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -94,6 +98,42 @@ def test_write_partitions_and_read_ranges(tmp_path: Path, bars: pd.DataFrame) ->
     assert sorted(set(tail["session"].dt.date)) == [date(2018, 12, 28), date(2018, 12, 31)]
     head = lake.read_table(tmp_path, "bars", end=SESSIONS[0])
     assert len(head) == 3
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftover_temp_files_are_hidden_and_cleaned(tmp_path: Path, bars: pd.DataFrame) -> None:
+    d, other = date(2018, 12, 31), date(2018, 12, 28)
+    path = lake.write_partition(tmp_path, "bars", d, _day(bars, d))
+    good = path.read_bytes()
+    # What SIGKILL leaves mid-write: a truncated temp file next to a complete partition, and a
+    # partition folder holding only a temp file.
+    dead = lake.temp_path(path).with_name(f".{lake.PART_NAME}.{_dead_pid()}.0a1b.tmp")
+    dead.write_bytes(good[: len(good) // 2])
+    lonely = lake.partition_path(tmp_path, "bars", other)
+    lonely.parent.mkdir()
+    lonely_tmp = lonely.parent / dead.name
+    lonely_tmp.write_bytes(b"PAR1")
+    live = path.parent / f".{lake.PART_NAME}.{os.getppid()}.0a1b.tmp"  # a writer still running
+    live.write_bytes(b"PAR1")
+
+    assert lake.partition_sessions(tmp_path, "bars") == [d]
+    assert not lake.has_partition(tmp_path, "bars", other)
+    pd.testing.assert_frame_equal(lake.read_table(tmp_path, "bars"), _day(bars, d))
+    assert pads.dataset(tmp_path / "bars", format="parquet").files == [str(path)]
+
+    lake.write_partition(tmp_path, "bars", d, _day(bars, d))  # the retry of the killed writer
+    assert path.read_bytes() == good
+    assert not dead.exists() and live.exists()  # a live writer's temp file is left alone
+    lake.write_partitions(tmp_path, "bars", _day(bars, other))
+    assert sorted(p.name for p in lonely.parent.iterdir()) == [lake.PART_NAME]
+    assert lake.partition_sessions(tmp_path, "bars") == [other, d]
+    assert lake.remove_stale_temps(tmp_path / "absent" / lake.PART_NAME) == []
 
 
 def test_empty_reads_keep_columns(tmp_path: Path, bars: pd.DataFrame) -> None:

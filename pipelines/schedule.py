@@ -1,0 +1,200 @@
+"""Stage windows and training cadence of the nightly cycle, from one settings file.
+
+The file is ``afterbell.toml`` in the checkout (or the path in ``$AFTERBELL_CONFIG``). Times are
+America/New_York wall-clock times; the calendar (exchange_calendars) decides sessions, early closes
+and DST. Everything here is pure apart from :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+#: Stage task groups in cycle order (CONTRACT.md).
+STAGE_ORDER: tuple[str, ...] = (
+    "close_analysis", "light_training", "data_processing", "heavy_training", "validation",
+    "pre_market",
+)  # fmt: skip
+
+Cadence = Literal["session", "weekly", "monthly", "never"]
+
+
+@dataclass(frozen=True)
+class StageWindows:
+    """Earliest New York start time of each stage after the close of its session.
+
+    ``close_analysis`` starts at the close (16:00, or the early close). A time earlier than 16:00
+    falls on the calendar day after the session (``validation`` at 02:00); ``pre_market`` is on the
+    morning of the **next session** (Monday after a Friday, Tuesday after a Monday holiday).
+    """
+
+    light_training: time = time(17, 0)
+    data_processing: time = time(19, 0)
+    heavy_training: time = time(22, 0)
+    validation: time = time(2, 0)
+    pre_market: time = time(7, 0)
+
+
+@dataclass(frozen=True)
+class CadenceConfig:
+    """How often each kind of training runs (``session``, ``weekly`` = last session of the
+    week, ``monthly`` = last session of the month, ``never``)."""
+
+    lstm_retrain: Cadence = "weekly"
+    full_retrain: Cadence = "monthly"
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Airflow pools: training never starves live serving."""
+
+    training_slots: int = 1
+    serving_slots: int = 2
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    windows: StageWindows = field(default_factory=StageWindows)
+    cadence: CadenceConfig = field(default_factory=CadenceConfig)
+    pools: PoolConfig = field(default_factory=PoolConfig)
+    #: The ``[monitoring]`` table, validated by :class:`pipelines.monitoring.MonitorThresholds`.
+    monitoring: Mapping[str, Any] = field(default_factory=dict)
+
+
+def config_path() -> Path:
+    from pipelines.settings import REPO_ROOT
+
+    return Path(os.environ.get("AFTERBELL_CONFIG") or REPO_ROOT / "afterbell.toml")
+
+
+def _section(cls: type, table: Mapping[str, Any], name: str, path: Path) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: [{name}] has unknown keys {unknown}; known: {sorted(known)}")
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        default = getattr(cls(), key)
+        if isinstance(default, time):
+            try:
+                values[key] = time.fromisoformat(str(raw))
+            except ValueError:
+                raise ValueError(f"{path}: [{name}] {key} = {raw!r} is not HH:MM") from None
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if not isinstance(raw, int) or raw < 1:
+                raise ValueError(f"{path}: [{name}] {key} must be a positive integer")
+            values[key] = raw
+        else:
+            if name == "cadence" and raw not in ("session", "weekly", "monthly", "never"):
+                raise ValueError(f"{path}: [cadence] {key} = {raw!r}: use session, weekly, "
+                                 "monthly or never")
+            values[key] = raw
+    return cls(**values)
+
+
+def load_config(path: Path | None = None) -> CycleConfig:
+    """Read the settings file; a missing file gives the defaults, a bad one a clear error."""
+    p = path or config_path()
+    if not p.exists():
+        return CycleConfig()
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{p}: not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"windows", "cadence", "pools", "monitoring"})
+    if unknown:
+        raise ValueError(f"{p}: unknown sections {unknown}")
+    return CycleConfig(
+        windows=_section(StageWindows, raw.get("windows", {}), "windows", p),
+        cadence=_section(CadenceConfig, raw.get("cadence", {}), "cadence", p),
+        pools=_section(PoolConfig, raw.get("pools", {}), "pools", p),
+        monitoring=dict(raw.get("monitoring", {})),
+    )
+
+
+def window_times(session: date, windows: StageWindows) -> dict[str, datetime]:
+    """UTC start time of every stage of ``session``'s run."""
+    from pipelines import calendar
+
+    close = calendar.session_close(session).to_pydatetime()
+    close_local = close.astimezone(NEW_YORK)
+    out: dict[str, datetime] = {"close_analysis": close}
+    for name in STAGE_ORDER[1:]:
+        at: time = getattr(windows, name)
+        if name == "pre_market":
+            day = calendar.next_session(session)
+        elif at < time(16, 0):
+            day = session + timedelta(days=1)
+        else:
+            day = session
+        local = datetime.combine(day, at, tzinfo=NEW_YORK)
+        out[name] = max(local, close_local).astimezone(ZoneInfo("UTC"))
+    return out
+
+
+def is_last_session_of_week(session: date) -> bool:
+    from pipelines import calendar
+
+    nxt = calendar.next_session(session)
+    return nxt.isocalendar()[:2] != session.isocalendar()[:2]
+
+
+def is_last_session_of_month(session: date) -> bool:
+    from pipelines import calendar
+
+    nxt = calendar.next_session(session)
+    return (nxt.year, nxt.month) != (session.year, session.month)
+
+
+def _due(cadence: Cadence, session: date) -> bool:
+    if cadence == "session":
+        return True
+    if cadence == "weekly":
+        return is_last_session_of_week(session)
+    if cadence == "monthly":
+        return is_last_session_of_month(session)
+    return False
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the heavy stage does tonight, and why (shown in the task log)."""
+
+    run: bool
+    kind: Literal["none", "lstm", "full"]
+    reason: str
+
+
+def training_plan(
+    session: date,
+    cadence: CadenceConfig,
+    *,
+    has_model: bool,
+    retrain_reasons: tuple[str, ...] = (),
+) -> TrainingPlan:
+    """Decide tonight's heavy training from the calendar, the registry and monitoring."""
+    if not has_model:
+        return TrainingPlan(True, "full", "no model registered yet: bootstrap training")
+    if _due(cadence.full_retrain, session):
+        return TrainingPlan(True, "full",
+                            f"full retrain: {session} is due ({cadence.full_retrain} cadence)")
+    if retrain_reasons:
+        return TrainingPlan(True, "lstm", "retrain requested by monitoring: "
+                            + "; ".join(retrain_reasons))
+    if _due(cadence.lstm_retrain, session):
+        return TrainingPlan(True, "lstm",
+                            f"LSTM retrain: {session} is due ({cadence.lstm_retrain} cadence)")
+    return TrainingPlan(
+        False, "none",
+        f"no retrain on {session}: not the last session of the week or month "
+        f"(cadence lstm={cadence.lstm_retrain}, full={cadence.full_retrain}) and monitoring "
+        "requested none",
+    )

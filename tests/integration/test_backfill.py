@@ -1,0 +1,170 @@
+"""A real backfill on the embedded default (issue 3, acceptance 3).
+
+Five consecutive NYSE sessions (2017-12-22, 26, 27, 28, 29; the 25th is Christmas) of
+``nightly_cycle`` are backfilled by a real scheduled Airflow 3 stack (api-server, scheduler and
+dag-processor as separate processes, LocalExecutor on the SQLite metadata DB, task processes
+talking to the execution API), on real replay data with the small test configuration. Then the
+same backfill is run again with ``--reprocess-behavior completed`` and every file of the
+reproducible state must be byte-identical.
+
+What is compared: ``lake/``, ``offline/`` and ``runs/`` under ``AFTERBELL_HOME`` - the data, the
+offline feature tables and the stages' records, which are functions of the sessions and the
+configuration only. What is not: the Airflow metadata DB and task logs, the MLflow tracking DB and
+artifacts, the Feast registry and online store, and the Great Expectations reports. Those record
+*when* something ran by design (run ids and start/end times, MLflow run timestamps, Feast's
+``last_updated``/materialisation intervals and online-row ``created`` stamps, GX validation
+result ids and timestamps), so a re-run necessarily changes their bytes; their reproducible
+content (model versions, aliases) is checked by the end-to-end test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+
+from pipelines.airflow_env import airflow_env, ensure_airflow_db
+from pipelines.settings import Settings
+from tests.conftest import small_env
+from tests.integration.airflow_stack import AirflowStack, free_port
+
+pytestmark = pytest.mark.slow
+
+DAG_ID = "nightly_cycle"
+FROM, TO = "2017-12-22", "2017-12-29"
+SESSIONS = ("2017-12-22", "2017-12-26", "2017-12-27", "2017-12-28", "2017-12-29")
+#: Last session of a week (22nd) and of a month (29th): the heavy stage trains on those only.
+TRAINS = {"2017-12-22", "2017-12-29"}
+TRAIN_TASK = "heavy_training.train_challenger"
+STABLE = ("lake", "offline", "runs")
+BACKFILL_TIMEOUT_S = 480
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _state_digest(home: Path) -> dict[str, str]:
+    return {f"{name}/{rel}": h for name in STABLE for rel, h in _tree_digest(home / name).items()}
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _report(label: str, runs: list[dict]) -> None:
+    for run in runs:
+        start, end = _ts(run["start_date"]), _ts(run["end_date"])
+        took = f"{(end - start).total_seconds():6.1f} s" if start and end else "   ?"
+        print(f"[backfill] {label} {run['logical_date'][:10]} {run['state']} {took}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowStack, Path]]:
+    root = tmp_path_factory.mktemp("backfill")
+    home = root / "afterbell"
+    port = free_port()
+    env = {
+        **os.environ,
+        **small_env(home),
+        "AFTERBELL_SCHEDULE_END": TO,
+        "AFTERBELL_TASK_RETRIES": "0",
+    }
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("AFTERBELL_")})
+    env.update(airflow_env(settings, base=env))
+    env.update({
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+    })
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
+    # ensure_airflow_db runs the airflow CLI in airflow_env(settings) over os.environ, which is
+    # the same DB and home; the ports do not matter for `db migrate` / `pools import`.
+    ensure_airflow_db(settings)
+    airflow = AirflowStack(env, port, root / "services")
+    try:
+        airflow.airflow("dags", "reserialize")
+        airflow.start()
+        airflow.wait_api()
+        yield airflow, home
+    finally:
+        killed = airflow.stop()
+        print(f"[backfill] stack stopped (SIGKILL needed: {killed or 'none'})", flush=True)
+        assert not airflow.stragglers(), "processes of the test stack are still running"
+
+
+def test_backfill_five_sessions_then_reprocess_is_byte_identical(
+    stack: tuple[AirflowStack, Path],
+) -> None:
+    airflow, home = stack
+    t0 = time.monotonic()
+
+    # Runs of a paused DAG are never started, backfill or not: create the backfill first and
+    # check that its runs stay queued until the DAG is unpaused.
+    assert airflow.query("SELECT is_paused FROM dag WHERE dag_id = ?", (DAG_ID,)) == [(1,)]
+    airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM,
+                    "--to-date", TO, "--max-active-runs", "1")
+    first = airflow.latest_backfill_id(DAG_ID)
+    assert first is not None
+    runs = airflow.backfill_runs(first)
+    assert [r["logical_date"][:10] for r in runs] == list(SESSIONS)
+    time.sleep(6)  # a few scheduler loops
+    assert {r["state"] for r in airflow.backfill_runs(first)} == {"queued"}
+    airflow.airflow("dags", "unpause", DAG_ID)
+
+    runs = airflow.wait_backfill(DAG_ID, first, len(SESSIONS), BACKFILL_TIMEOUT_S)
+    t1 = time.monotonic()
+    _report("first ", runs)
+    print(f"[backfill] first backfill: {t1 - t0:.0f} s", flush=True)
+    # --max-active-runs 1: one run at a time, in session order
+    for prev, nxt in zip(runs, runs[1:], strict=False):
+        assert _ts(prev["end_date"]) <= _ts(nxt["start_date"]), (prev, nxt)
+    _check_tasks(airflow, runs)
+    before = _state_digest(home)
+    assert any(k.startswith("lake/") for k in before) and any(k.startswith("runs/") for k in before)
+    for session in SESSIONS:
+        assert any(f"session={session}" in k for k in before if k.startswith("runs/")), session
+
+    airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM,
+                    "--to-date", TO, "--max-active-runs", "1", "--reprocess-behavior", "completed")
+    second = airflow.latest_backfill_id(DAG_ID)
+    assert second is not None and second != first
+    rerun = airflow.wait_backfill(DAG_ID, second, len(SESSIONS), BACKFILL_TIMEOUT_S)
+    t2 = time.monotonic()
+    _report("second", rerun)
+    print(f"[backfill] reprocess backfill: {t2 - t1:.0f} s", flush=True)
+    # the completed runs were cleared and run again (same runs, one more clear each)
+    assert [r["id"] for r in rerun] == [r["id"] for r in runs]
+    assert all(r["clear_number"] == p["clear_number"] + 1 for r, p in zip(rerun, runs, strict=True))
+    _check_tasks(airflow, rerun)
+
+    after = _state_digest(home)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"{len(changed)} file(s) differ after the reprocess: {changed}"
+
+    # One run per session and nothing else: none on Christmas, no scheduled run although the
+    # DAG is unpaused (AFTERBELL_SCHEDULE_END is its end date).
+    all_runs = airflow.query("SELECT substr(logical_date, 1, 10), run_type FROM dag_run "
+                             "WHERE dag_id = ? ORDER BY logical_date", (DAG_ID,))
+    assert all_runs == [(s, "backfill") for s in SESSIONS], all_runs
+    assert not airflow.query("SELECT 1 FROM dag_run WHERE substr(logical_date, 1, 10) = ?",
+                             ("2017-12-25",))
+
+
+def _check_tasks(airflow: AirflowStack, runs: list[dict]) -> None:
+    for run in runs:
+        session = run["logical_date"][:10]
+        states = airflow.task_states(DAG_ID, run["run_id"])
+        assert date.fromisoformat(session).isoformat() == session
+        expected = "success" if session in TRAINS else "skipped"
+        assert states.get(TRAIN_TASK) == expected, (session, states)
+        assert states.get("heavy_training.plan") == "success", (session, states)
+        others = {t: s for t, s in states.items() if t != TRAIN_TASK}
+        assert set(others.values()) == {"success"}, (session, others)
