@@ -25,6 +25,7 @@ setup: $(STAMP)
 $(STAMP): requirements/lock.txt setup.cfg pyproject.toml
 	@echo "[afterbell] installing the locked environment into $(VENV) (first time: a few minutes)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip >/dev/null
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.8
 	$(BIN)/uv pip install -q $(UV_FLAGS) -r requirements/lock.txt
 	$(BIN)/uv pip install -q $(UV_FLAGS) --no-deps -e .

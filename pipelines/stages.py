@@ -50,10 +50,13 @@ def _history_sessions(d: date, s: Settings) -> list[date]:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Atomic JSON write (write aside, then rename)."""
+    from pipelines.lake import remove_stale_temps, temp_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = temp_path(path)
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
+    remove_stale_temps(path)
     return path
 
 

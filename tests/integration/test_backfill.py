@@ -20,10 +20,12 @@ content (model versions, aliases) is checked by the end-to-end test.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import os
 import time
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ import pytest
 from pipelines.airflow_env import airflow_env, ensure_airflow_db
 from pipelines.settings import Settings
 from tests.conftest import small_env
-from tests.integration.airflow_stack import AirflowStack, free_port
+from tests.integration.airflow_stack import AirflowStack, free_port, write_preloader
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +87,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowSta
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
     })
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
+    # SQLite's busy timeout is 5 s by default: `backfill create --reprocess-behavior completed`
+    # clears the runs in one long write transaction while the scheduler, the api-server and the
+    # task processes write too, and failed with "database is locked" (leaving half of the runs
+    # cleared). Writers wait up to 60 s instead.
+    conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert conn.startswith("sqlite:///") and "?" not in conn, conn
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = conn + "?timeout=60"
+    # Test-only speed-up: the scheduler preloads the tasks' heavy imports before it forks its
+    # LocalExecutor workers (see airflow_stack.write_preloader).
+    env["PYTHONPATH"] = os.pathsep.join([write_preloader(root / "preload"), env["PYTHONPATH"]])
     # ensure_airflow_db runs the airflow CLI in airflow_env(settings) over os.environ, which is
     # the same DB and home; the ports do not matter for `db migrate` / `pools import`.
     ensure_airflow_db(settings)
@@ -124,9 +136,9 @@ def test_backfill_five_sessions_then_reprocess_is_byte_identical(
     _report("first ", runs)
     print(f"[backfill] first backfill: {t1 - t0:.0f} s", flush=True)
     # --max-active-runs 1: one run at a time, in session order
-    for prev, nxt in zip(runs, runs[1:], strict=False):
+    for prev, nxt in itertools.pairwise(runs):
         assert _ts(prev["end_date"]) <= _ts(nxt["start_date"]), (prev, nxt)
-    _check_tasks(airflow, runs)
+    _check_tasks(airflow, home, runs)
     before = _state_digest(home)
     assert any(k.startswith("lake/") for k in before) and any(k.startswith("runs/") for k in before)
     for session in SESSIONS:
@@ -143,7 +155,7 @@ def test_backfill_five_sessions_then_reprocess_is_byte_identical(
     # the completed runs were cleared and run again (same runs, one more clear each)
     assert [r["id"] for r in rerun] == [r["id"] for r in runs]
     assert all(r["clear_number"] == p["clear_number"] + 1 for r, p in zip(rerun, runs, strict=True))
-    _check_tasks(airflow, rerun)
+    _check_tasks(airflow, home, rerun)
 
     after = _state_digest(home)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
@@ -158,13 +170,21 @@ def test_backfill_five_sessions_then_reprocess_is_byte_identical(
                              ("2017-12-25",))
 
 
-def _check_tasks(airflow: AirflowStack, runs: list[dict]) -> None:
+def _check_tasks(airflow: AirflowStack, home: Path, runs: list[dict]) -> None:
+    """Every task succeeded, except ``train_challenger``, which ran on the 22nd (last session of
+    the week) and the 29th (of the month) and was skipped on the 26th-28th unless the session's
+    plan says monitoring requested a retrain (a breach on the champion's live record)."""
     for run in runs:
         session = run["logical_date"][:10]
         states = airflow.task_states(DAG_ID, run["run_id"])
-        assert date.fromisoformat(session).isoformat() == session
-        expected = "success" if session in TRAINS else "skipped"
-        assert states.get(TRAIN_TASK) == expected, (session, states)
-        assert states.get("heavy_training.plan") == "success", (session, states)
+        plan = json.loads((home / "runs" / f"session={session}" / "plan_training.json").read_text())
+        print(f"[backfill] {session} {TRAIN_TASK} {states.get(TRAIN_TASK)}: {plan['reason']}")
         others = {t: s for t, s in states.items() if t != TRAIN_TASK}
-        assert set(others.values()) == {"success"}, (session, others)
+        assert len(others) == 16 and set(others.values()) == {"success"}, (session, others)
+        if session in TRAINS:
+            assert states.get(TRAIN_TASK) == "success", (session, states)
+            assert plan["run"], plan
+        elif plan["reason"].startswith("retrain requested by monitoring"):
+            assert plan["run"] and states.get(TRAIN_TASK) == "success", (session, plan, states)
+        else:
+            assert not plan["run"] and states.get(TRAIN_TASK) == "skipped", (session, plan, states)

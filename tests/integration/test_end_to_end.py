@@ -195,7 +195,10 @@ def test_planted_degradation_triggers_a_retrain_the_calendar_would_skip(
     copy = tmp_path / "afterbell"
     shutil.copytree(home, copy)
     config = tmp_path / "afterbell.toml"
-    config.write_text("[monitoring]\nmae_window = 5\n")  # judge the live MAE over one week
+    # Judge the live MAE over one week. A perfect volatility forecast still sees ~6% of next-day
+    # returns beyond its normal 95% VaR (fat tails: 5 of 78 here), so this test, which is about
+    # the MAE trigger, loosens that threshold to keep the control clean.
+    config.write_text("[monitoring]\nmae_window = 5\nmax_var_breach_rate = 0.10\n")
     monkeypatch.setenv("AFTERBELL_CONFIG", str(config))
     settings = Settings.from_env(
         {**{k: v for k, v in env.items() if k.startswith("AFTERBELL_")},
