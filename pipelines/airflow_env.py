@@ -46,7 +46,7 @@ RETRIES_ENV = "AFTERBELL_TASK_RETRIES"
 _STAMP = ".afterbell-db-migrated.json"
 
 #: Chatty library loggers turned down to WARNING everywhere (scheduler, workers, CLI).
-_QUIET_LIBS = ("great_expectations", "alembic", "httpx", "urllib3", "numexpr")
+_QUIET_LIBS = ("great_expectations", "alembic", "httpx", "urllib3", "numexpr", "feast")
 
 #: Further namespaces turned down for ``dags_test``'s terminal output only (task logs of the
 #: scheduled stack keep them): per-task bookkeeping of the in-process execution API, DAG-bundle
@@ -118,7 +118,8 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_db_path(settings)}",
+        # 60 s busy timeout: a scheduler, an api-server and a CLI backfill share the SQLite file
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_db_path(settings)}?timeout=60",
         # api-server bind address ([api] host; 0.0.0.0 by default) and the URL task processes
         # use to reach its execution API (default http://localhost:8080/execution/).
         "AIRFLOW__API__HOST": "127.0.0.1",

@@ -107,6 +107,12 @@ class MonitorThresholds:
         outcome is known, so a recent degradation is not diluted by a long live record.
     target_vol : float
         Annualised volatility the stand-in strategy targets per symbol (scales the drawdown).
+    var_min_observations : int
+        Next-session outcomes needed before the VaR breach rate is judged (one breach in a handful
+        of sessions is no evidence: at 95% a correct model has one in 6 sessions 26% of the time).
+    var_significance : float
+        The breach rate must also be significantly above ``1 - var_level``: a one-sided binomial
+        test (Kupiec's proportion of failures) at this level.
     """
 
     mae_increase: float = 0.25
@@ -118,6 +124,8 @@ class MonitorThresholds:
     min_observations: int = 5
     mae_window: int = 20
     target_vol: float = 0.10
+    var_min_observations: int = 20
+    var_significance: float = 0.05
 
     def __post_init__(self) -> None:
         problems = []
@@ -524,11 +532,20 @@ def assess(
         limit = -z * recent["forecast"].to_numpy(float) / math.sqrt(_PERIODS_PER_YEAR)
         hits = recent["next_ret"].to_numpy(float) < limit
         var_rate = float(np.mean(hits))
-        if len(hits) >= th.min_observations and var_rate > th.max_var_breach_rate:
-            breaches.append(
-                f"{th.var_level:.0%} VaR breach rate {var_rate:.1%} ({int(hits.sum())} of "
-                f"{len(hits)} next-session returns) exceeds {th.max_var_breach_rate:.1%}"
-            )
+        n_hits = int(hits.sum())
+        if len(hits) >= max(th.min_observations, th.var_min_observations) and (
+            var_rate > th.max_var_breach_rate
+        ):
+            from scipy.stats import binomtest
+
+            p_value = float(binomtest(n_hits, len(hits), 1.0 - th.var_level,
+                                      alternative="greater").pvalue)
+            if p_value < th.var_significance:
+                breaches.append(
+                    f"{th.var_level:.0%} VaR breach rate {var_rate:.1%} ({n_hits} of "
+                    f"{len(hits)} next-session returns) exceeds {th.max_var_breach_rate:.1%} "
+                    f"(binomial p={p_value:.3f})"
+                )
 
     return MonitorReport(
         session=d,

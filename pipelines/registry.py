@@ -95,6 +95,33 @@ def version_for_session(settings: Settings, session: str) -> ModelRef | None:
     return _ref(max(ready, key=lambda mv: int(mv.version)))
 
 
+def get_version(settings: Settings, version: str) -> ModelRef | None:
+    """One version of the model by number, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _ref(client(settings).get_model_version(settings.model_name, str(version)))
+    except MlflowException:
+        return None
+
+
+def latest_version_up_to(settings: Settings, session: str) -> ModelRef | None:
+    """The version registered by the newest heavy stage at or before ``session``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(settings).search_model_versions(f"name = '{settings.model_name}'")
+    except MlflowException:
+        return None
+    ready = [
+        mv for mv in found
+        if mv.status == "READY" and mv.tags.get("session", "9999") <= session
+    ]
+    if not ready:
+        return None
+    return _ref(max(ready, key=lambda mv: (mv.tags["session"], int(mv.version))))
+
+
 def registered_before(settings: Settings, session: str) -> bool:
     """Whether any version was registered by a heavy stage of a session before ``session``."""
     from mlflow.exceptions import MlflowException
@@ -148,6 +175,8 @@ __all__ = [
     "alias_version",
     "client",
     "ensure_experiment",
+    "get_version",
+    "latest_version_up_to",
     "load_pyfunc",
     "promote",
     "registered_before",

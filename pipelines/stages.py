@@ -72,6 +72,59 @@ def _stored_record(s: Settings, d: date, stage: str) -> Summary | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _processed_sessions(s: Settings) -> list[date]:
+    """Sessions that have stage records, oldest first."""
+    out = []
+    for entry in s.runs_dir.glob("session=*") if s.runs_dir.is_dir() else []:
+        try:
+            out.append(date.fromisoformat(entry.name.removeprefix("session=")))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def _is_latest(s: Settings, d: date) -> bool:
+    """True unless a later session was already processed (``d`` is being reprocessed).
+
+    The registry aliases are "now" state: only the latest session reads and moves them. A
+    reprocessed older session uses the state as of itself, from the stage records and the
+    versions' ``session`` tags, so that it never sees (or serves) a model from its future.
+    """
+    done = _processed_sessions(s)
+    return not done or d >= done[-1]
+
+
+def _champion_as_of(s: Settings, d: date, *, inclusive: bool) -> Any:
+    """The champion after the validation of ``d`` (``inclusive``) or of the sessions before it.
+
+    The latest session reads the registry alias (which also honours a promotion or rollback
+    made by hand in the MLflow UI); a reprocessed session reads ``champion_after`` of the newest
+    validation record at or before it.
+    """
+    from pipelines import registry
+
+    if _is_latest(s, d):
+        return registry.alias_version(s, ALIAS_CHAMPION)
+    for day in reversed(_processed_sessions(s)):
+        if day > d or (day == d and not inclusive):
+            continue
+        record = _stored_record(s, day, "validation")
+        if record is not None:
+            version = record.get("champion_after")
+            return registry.get_version(s, str(version)) if version else None
+    return None
+
+
+def _challenger_as_of(s: Settings, d: date) -> Any:
+    """The ``challenger`` alias for the latest session; for a reprocessed one, the version
+    registered by the newest heavy stage at or before it."""
+    from pipelines import registry
+
+    if _is_latest(s, d):
+        return registry.alias_version(s, ALIAS_CHALLENGER)
+    return registry.latest_version_up_to(s, d.isoformat())
+
+
 def _lake_range(s: Settings, table: str, end: date, columns: tuple[str, ...]) -> pd.DataFrame:
     from pipelines import lake
 
@@ -316,7 +369,10 @@ def plan_training(session: str, settings: Settings | None = None) -> Summary:
     d, s = _setup(session, settings)
     # Decided from the state before this session's own heavy run, so a re-run plans the same.
     has_model = registry.registered_before(s, d.isoformat())
-    request = pending_retrain(s) or consumed_retrain(s, d.isoformat())
+    pending = pending_retrain(s)
+    if pending is not None and pending.requested_by_session > d.isoformat():
+        pending = None  # requested by a later session: not part of this session's state
+    request = consumed_retrain(s, d.isoformat()) or pending
     plan = training_plan(d, load_config().cadence, has_model=has_model,
                          retrain_reasons=tuple(request.reasons) if request else ())
     return _run_record(s, d, "plan_training", {
@@ -340,7 +396,8 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     d, s = _setup(session, settings)
     existing = registry.version_for_session(s, d.isoformat())
     if existing is not None:
-        registry.set_alias(s, ALIAS_CHALLENGER, existing.version)
+        if _is_latest(s, d):
+            registry.set_alias(s, ALIAS_CHALLENGER, existing.version)
         log.info("heavy %s: reusing v%s registered by this session", d, existing.version)
         stored = _stored_record(s, d, "heavy_training")
         if stored is None or stored.get("version") != existing.version:
@@ -383,10 +440,12 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
         "holdout_range": f"{seg.test[0]}..{seg.test[1]}",
         "horizon": s.horizon, "run_id": run.info.run_id,
     })
-    registry.set_alias(s, ALIAS_CHALLENGER, version)
     from pipelines.monitoring import clear_retrain, pending_retrain
 
-    if pending_retrain(s) is not None:
+    if _is_latest(s, d):
+        registry.set_alias(s, ALIAS_CHALLENGER, version)
+    request = pending_retrain(s)
+    if request is not None and request.requested_by_session <= d.isoformat():
         clear_retrain(s, consumed_by_session=d.isoformat())
     record = _run_record(s, d, "heavy_training", {
         "session": d.isoformat(), "model": s.model_name, "version": version,
@@ -441,7 +500,8 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     from pipelines.report import render_report_html
 
     d, s = _setup(session, settings)
-    challenger = registry.alias_version(s, ALIAS_CHALLENGER)
+    latest = _is_latest(s, d)
+    challenger = _challenger_as_of(s, d)
     if challenger is None:
         raise ValueError(f"no '{ALIAS_CHALLENGER}' version of {s.model_name} to validate")
     stored = _stored_record(s, d, "validation")
@@ -452,7 +512,7 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
         log.info("validation %s: v%s already judged (%s)", d, challenger.version,
                  stored["decision"])
         return {**stored, "reused": True}
-    champion = registry.alias_version(s, ALIAS_CHAMPION)
+    champion = _champion_as_of(s, d, inclusive=False)
     earlier = sorted(
         k.split(".")[1] for k in challenger.tags
         if k.startswith("validation.") and k.endswith(".decision") and k.split(".")[1] < str(d)
@@ -463,7 +523,7 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
         reason = (f"challenger v{challenger.version} was already validated on {earlier[-1]} "
                   f"({challenger.tags[f'validation.{earlier[-1]}.decision']}); no new challenger")
         log.info("validation %s skipped: %s", d, reason)
-        final = registry.alias_version(s, ALIAS_CHAMPION)
+        final = champion
         return _run_record(s, d, "validation", {
             "session": d.isoformat(), "decision": "skipped", "reasons": [reason],
             "challenger": challenger.version, "champion_after": final.version if final else None,
@@ -527,9 +587,9 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
         f"validation.{d.isoformat()}.decision": decision,
         f"validation.{d.isoformat()}.reasons": "; ".join(reasons),
     })
-    if promote:
+    if promote and latest:
         registry.promote(s, challenger.version)
-    final = registry.alias_version(s, ALIAS_CHAMPION)
+    final = challenger if promote else champion
     return _run_record(s, d, "validation", {
         **report, "champion_after": final.version if final else None,
     })
@@ -550,7 +610,7 @@ def pre_market(session: str, settings: Settings | None = None) -> Summary:
 
     d, s = _setup(session, settings)
     _materialize_session(s, d)
-    champion = registry.alias_version(s, ALIAS_CHAMPION)
+    champion = _champion_as_of(s, d, inclusive=True)
     if champion is None:
         return _run_record(s, d, "pre_market", {
             "session": d.isoformat(), "forecasts": 0, "reason": "no champion yet",

@@ -35,7 +35,7 @@ def resolve(ds: str) -> dict[str, Any] | None:
 
 def run_stage(name: str, session: str) -> dict[str, Any]:
     """Run ``pipelines.stages.<name>(session)``; bad data fails fast without retries."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     from pipelines import stages
     from pipelines.quality import DataQualityError

@@ -8,21 +8,28 @@ same backfill is run again with ``--reprocess-behavior completed`` and every fil
 reproducible state must be byte-identical.
 
 What is compared: ``lake/``, ``offline/`` and ``runs/`` under ``AFTERBELL_HOME`` - the data, the
-offline feature tables and the stages' records, which are functions of the sessions and the
+offline feature tables and the stages' records, which must be functions of the sessions and the
 configuration only. What is not: the Airflow metadata DB and task logs, the MLflow tracking DB and
 artifacts, the Feast registry and online store, and the Great Expectations reports. Those record
-*when* something ran by design (run ids and start/end times, MLflow run timestamps, Feast's
-``last_updated``/materialisation intervals and online-row ``created`` stamps, GX validation
-result ids and timestamps), so a re-run necessarily changes their bytes; their reproducible
-content (model versions, aliases) is checked by the end-to-end test.
+*when* something ran, by design (run ids, start/end times and try numbers, MLflow run ids and
+timestamps, Feast's registry ``last_updated`` and materialisation intervals, GX validation result
+ids and run times), so a re-run necessarily changes their bytes.
+
+Run time on the 2-core machine: about 5.5 minutes (each backfill about 155 s, 23-38 s a run).
+Two test-only settings make that possible, both documented where they are set: the scheduler
+preloads the tasks' heavy imports before forking its LocalExecutor workers (without it a run takes
+70-160 s), and the SQLite busy timeout is raised to 60 s (the reprocess backfill otherwise failed
+with "database is locked").
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -70,7 +77,7 @@ def _report(label: str, runs: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowStack, Path]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowStack, Path, Path]]:
     root = tmp_path_factory.mktemp("backfill")
     home = root / "afterbell"
     port = free_port()
@@ -87,13 +94,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowSta
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
     })
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
-    # SQLite's busy timeout is 5 s by default: `backfill create --reprocess-behavior completed`
-    # clears the runs in one long write transaction while the scheduler, the api-server and the
-    # task processes write too, and failed with "database is locked" (leaving half of the runs
-    # cleared). Writers wait up to 60 s instead.
-    conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    assert conn.startswith("sqlite:///") and "?" not in conn, conn
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = conn + "?timeout=60"
+    # SQLite's default busy timeout (5 s) made `backfill create --reprocess-behavior completed`
+    # fail with "database is locked" while the scheduler and the tasks wrote too: the embedded
+    # configuration waits up to 60 s.
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("?timeout=60")
     # Test-only speed-up: the scheduler preloads the tasks' heavy imports before it forks its
     # LocalExecutor workers (see airflow_stack.write_preloader).
     env["PYTHONPATH"] = os.pathsep.join([write_preloader(root / "preload"), env["PYTHONPATH"]])
@@ -105,7 +109,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowSta
         airflow.airflow("dags", "reserialize")
         airflow.start()
         airflow.wait_api()
-        yield airflow, home
+        yield airflow, home, root
     finally:
         killed = airflow.stop()
         print(f"[backfill] stack stopped (SIGKILL needed: {killed or 'none'})", flush=True)
@@ -113,9 +117,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowSta
 
 
 def test_backfill_five_sessions_then_reprocess_is_byte_identical(
-    stack: tuple[AirflowStack, Path],
+    stack: tuple[AirflowStack, Path, Path],
 ) -> None:
-    airflow, home = stack
+    airflow, home, root = stack
     t0 = time.monotonic()
 
     # Runs of a paused DAG are never started, backfill or not: create the backfill first and
@@ -143,6 +147,8 @@ def test_backfill_five_sessions_then_reprocess_is_byte_identical(
     assert any(k.startswith("lake/") for k in before) and any(k.startswith("runs/") for k in before)
     for session in SESSIONS:
         assert any(f"session={session}" in k for k in before if k.startswith("runs/")), session
+    # the stages' JSON records as they were, to show what a reprocess changed
+    shutil.copytree(home / "runs", root / "runs-before-reprocess")
 
     airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM,
                     "--to-date", TO, "--max-active-runs", "1", "--reprocess-behavior", "completed")
@@ -155,11 +161,6 @@ def test_backfill_five_sessions_then_reprocess_is_byte_identical(
     # the completed runs were cleared and run again (same runs, one more clear each)
     assert [r["id"] for r in rerun] == [r["id"] for r in runs]
     assert all(r["clear_number"] == p["clear_number"] + 1 for r, p in zip(rerun, runs, strict=True))
-    _check_tasks(airflow, home, rerun)
-
-    after = _state_digest(home)
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    assert not changed, f"{len(changed)} file(s) differ after the reprocess: {changed}"
 
     # One run per session and nothing else: none on Christmas, no scheduled run although the
     # DAG is unpaused (AFTERBELL_SCHEDULE_END is its end date).
@@ -168,6 +169,28 @@ def test_backfill_five_sessions_then_reprocess_is_byte_identical(
     assert all_runs == [(s, "backfill") for s in SESSIONS], all_runs
     assert not airflow.query("SELECT 1 FROM dag_run WHERE substr(logical_date, 1, 10) = ?",
                              ("2017-12-25",))
+    _check_tasks(airflow, home, rerun)
+
+    after = _state_digest(home)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, (
+        f"{len(changed)} file(s) differ after the reprocess: {changed}\n"
+        + _json_diffs(root / "runs-before-reprocess", home / "runs", changed)
+    )
+
+
+def _json_diffs(old_root: Path, new_root: Path, changed: list[str], limit: int = 8) -> str:
+    """Unified diffs of the changed ``runs/*.json`` records (the first ``limit``)."""
+    out = []
+    for key in [k for k in changed if k.startswith("runs/") and k.endswith(".json")][:limit]:
+        rel = key.removeprefix("runs/")
+        old, new = old_root / rel, new_root / rel
+        out.extend(difflib.unified_diff(
+            old.read_text().splitlines() if old.exists() else [],
+            new.read_text().splitlines() if new.exists() else [],
+            f"before/{rel}", f"after/{rel}", lineterm="", n=1,
+        ))
+    return "\n".join(out)
 
 
 def _check_tasks(airflow: AirflowStack, home: Path, runs: list[dict]) -> None:

@@ -32,7 +32,8 @@ def test_airflow_env_values(settings: Settings) -> None:
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{home}/airflow/airflow.db"
+    assert (env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+            == f"sqlite:///{home}/airflow/airflow.db?timeout=60")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:////")
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert env["MLFLOW_TRACKING_URI"] == settings.tracking_uri

@@ -171,7 +171,9 @@ def test_var_breach_rate_counts_known_exceptions() -> None:
     # forecasts of sessions 0..37 know their next-session return at session 38
     assert rep.var_breach_rate == pytest.approx(5 / 38)
     msg = next(b for b in rep.breaches if "VaR" in b)
-    assert msg == "95% VaR breach rate 13.2% (5 of 38 next-session returns) exceeds 5.0%"
+    assert msg == (
+        "95% VaR breach rate 13.2% (5 of 38 next-session returns) exceeds 5.0% (binomial p=0.040)"
+    )
     assert rep.retrain is True
     quiet = assess(fcs, rets, sessions[4].date(), None, H, MonitorThresholds())
     assert quiet.var_breach_rate == 0.0 and quiet.breaches == ()
@@ -319,3 +321,15 @@ def test_monitor_session_without_forecasts(tmp_path: Path) -> None:
         json.loads((s.runs_dir / f"session={d}" / "monitoring.json").read_text())
     ) == rep
     assert len(lake.read_table(s.lake_dir, "monitoring")) == 1
+
+
+def test_a_single_var_exception_in_a_few_sessions_is_no_breach() -> None:
+    """One exception in six sessions is a 16.7% rate but no evidence (a correct 95% VaR has at
+    least one in six sessions 26% of the time): not judged before var_min_observations, and
+    afterwards only when the binomial test rejects the nominal rate."""
+    from scipy.stats import binomtest
+
+    assert binomtest(1, 6, 0.05, alternative="greater").pvalue > 0.2
+    th = MonitorThresholds()
+    assert th.var_min_observations >= 20
+    assert binomtest(2, 20, 0.05, alternative="greater").pvalue > th.var_significance
