@@ -16,10 +16,10 @@ timestamps, Feast's registry ``last_updated`` and materialisation intervals, GX 
 ids and run times), so a re-run necessarily changes their bytes.
 
 Run time on the 2-core machine: about 5.5 minutes (each backfill about 155 s, 23-38 s a run).
-Two test-only settings make that possible, both documented where they are set: the scheduler
-preloads the tasks' heavy imports before forking its LocalExecutor workers (without it a run takes
-70-160 s), and the SQLite busy timeout is raised to 60 s (the reprocess backfill otherwise failed
-with "database is locked").
+One test-only setting makes that possible, documented where it is set: the scheduler preloads the
+tasks' heavy imports before forking its LocalExecutor workers (without it a run takes 70-160 s).
+The embedded configuration's 60 s SQLite busy timeout (the reprocess backfill failed with
+"database is locked" under the 5 s default) is checked here too.
 """
 
 from __future__ import annotations
