@@ -25,7 +25,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +109,9 @@ class LSTMSpec:
     @classmethod
     def from_train_config(cls, cfg: TrainConfig, horizon: int) -> LSTMSpec:
         """The spec of a :class:`~pipelines.settings.TrainConfig` and forecast horizon."""
+        shared = {f.name for f in fields(cls)}
         return cls(
-            lookback=cfg.lookback,
-            hidden=cfg.hidden,
-            layers=cfg.layers,
-            dropout=cfg.dropout,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            max_epochs=cfg.max_epochs,
-            patience=cfg.patience,
-            seed=cfg.seed,
+            **{k: v for k, v in asdict(cfg).items() if k in shared},
             n_features=len(WINDOW_COLUMNS),
             horizon=horizon,
             base_feature=WINDOW_COLUMNS.index("garch_forecast"),

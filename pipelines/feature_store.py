@@ -137,24 +137,11 @@ def write_offline_table(settings: Settings, view: ViewName, df: pd.DataFrame) ->
         out["asof"] = out["asof"].astype("int64")
     out = out.sort_values([TIMESTAMP_COLUMN, "symbol"], kind="stable").reset_index(drop=True)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(out, preserve_index=False)
     if view == "lstm_window":
         seq_idx = table.schema.get_field_index("seq")
         table = table.set_column(seq_idx, "seq", table.column("seq").cast(pa.list_(pa.float64())))
-    tmp = lake.temp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    lake.remove_stale_temps(path)  # left by a writer killed mid-write
-    return path
+    return lake.write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
 # ------------------------------------------------------------------------------------- store

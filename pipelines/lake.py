@@ -21,10 +21,11 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -136,14 +137,15 @@ def remove_stale_temps(dest: Path) -> list[Path]:
     return removed
 
 
-def _write_atomic(table: pa.Table, dest: Path) -> Path:
-    """Write ``table`` to ``dest`` atomically (temp file in the same folder, fsync, replace),
-    then remove temporary files of ``dest`` that killed writers left behind."""
+def write_atomic(dest: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``dest`` atomically: ``write`` fills a temp file in the same folder, which is
+    fsynced and renamed over ``dest``; then temp files of ``dest`` that killed writers left behind
+    are removed. A reader sees the old file or the new one, never a partial one."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dest)
     try:
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="snappy", store_schema=True)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
@@ -153,6 +155,18 @@ def _write_atomic(table: pa.Table, dest: Path) -> Path:
         raise
     remove_stale_temps(dest)
     return dest
+
+
+def write_text_atomic(dest: Path, text: str) -> Path:
+    """:func:`write_atomic` for UTF-8 text (JSON records, requests)."""
+    return write_atomic(dest, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _write_atomic(table: pa.Table, dest: Path) -> Path:
+    """Write a parquet table atomically (deterministic bytes for the same table)."""
+    return write_atomic(
+        dest, lambda fh: pq.write_table(table, fh, compression="snappy", store_schema=True)
+    )
 
 
 def _session_column(df: pd.DataFrame, session: date) -> pd.DataFrame:

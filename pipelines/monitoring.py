@@ -29,12 +29,10 @@ Layout written for session ``D``::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import date
@@ -574,20 +572,7 @@ def _history_dir(settings: Settings) -> Path:
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` aside in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return path
+    return lake.write_text_atomic(path, text)
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:

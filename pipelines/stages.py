@@ -50,14 +50,11 @@ def _history_sessions(d: date, s: Settings) -> list[date]:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Atomic JSON write (write aside, then rename)."""
-    from pipelines.lake import remove_stale_temps, temp_path
+    from pipelines.lake import write_text_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
-    remove_stale_temps(path)
-    return path
+    return write_text_atomic(
+        path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    )
 
 
 def _run_record(s: Settings, d: date, stage: str, payload: Summary) -> Summary:
