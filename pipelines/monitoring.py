@@ -267,17 +267,7 @@ class MonitorReport:
 
     @property
     def figures(self) -> MonitorFigures:
-        return MonitorFigures(
-            model_version=self.model_version,
-            n_scored=self.n_scored,
-            live_mae=self.live_mae,
-            baseline_mae=self.baseline_mae,
-            mae_ratio=self.mae_ratio,
-            direction_accuracy=self.direction_accuracy,
-            rolling_sharpe=self.rolling_sharpe,
-            max_drawdown=self.max_drawdown,
-            var_breach_rate=self.var_breach_rate,
-        )
+        return MonitorFigures(**{f.name: getattr(self, f.name) for f in fields(MonitorFigures)})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (ISO session, breaches as a list)."""
