@@ -88,7 +88,11 @@ def cmd_stage(settings: Settings, args: argparse.Namespace) -> int:
         raise ValueError(f"unknown stage {args.name!r}; stages: {', '.join(STAGES)}")
     for fn in STAGES[args.name]:
         _say(f"{args.name}.{fn.__name__} {args.session}")
-        print(json.dumps(fn(args.session, settings=settings), indent=2, default=str))
+        result = fn(args.session, settings=settings)
+        print(json.dumps(result, indent=2, default=str))
+        if result.get("run") is False:
+            _say(f"{args.name} skipped: {result.get('reason', '')}")
+            break
     return 0
 
 

@@ -639,12 +639,13 @@ def serve_session(session: str, settings: Settings | None = None) -> Summary:
     return serve_window(s, calendar.session_open(d), calendar.session_close(d))
 
 
-#: ``afterbell stage NAME`` names, in cycle order.
+#: ``afterbell stage NAME`` names, in cycle order, with the functions of the DAG's task group.
+#: A function returning ``{"run": False, "reason": ...}`` (the heavy stage's plan) ends the stage.
 STAGES: dict[str, tuple[Callable[..., Summary], ...]] = {
-    "close_analysis": (ingest, build_features),
+    "close_analysis": (ingest, build_features, monitor),
     "light_training": (refit_garch,),
     "data_processing": (build_feature_tables, materialize),
-    "heavy_training": (train_challenger,),
+    "heavy_training": (plan_training, train_challenger),
     "validation": (validate_and_promote,),
     "pre_market": (pre_market,),
 }
