@@ -82,8 +82,7 @@ def closes_for(sessions: pd.Series) -> pd.Series:
     if out.isna().any():
         bad = sessions[out.isna().to_numpy()].iloc[0]
         raise ValueError(f"{pd.Timestamp(bad).date()} is not an NYSE session")
+    # exchange_calendars' schedule is tz-aware UTC
     return pd.Series(out.to_numpy(), index=sessions.index, name="event_timestamp").dt.tz_convert(
         "UTC"
-    ) if out.dt.tz is not None else pd.Series(
-        out.to_numpy(), index=sessions.index, name="event_timestamp"
-    ).dt.tz_localize("UTC")
+    )

@@ -505,16 +505,13 @@ def _result_error(df: pd.DataFrame, check: BarCheck, result: Any) -> DataQuality
         if check.expectation != "expect_table_columns_to_match_ordered_list":
             missing = [c for c in _value_columns(check) if c not in df.columns]
             missing += [c for c in check.kwargs.get("column_list", []) if c not in df.columns]
-            if missing:
-                detail = f"missing column(s) {missing}"
-                return DataQualityError(
-                    check.expectation,
-                    _single(df, "symbol"),
-                    _single(df, "session"),
-                    detail,
-                    check=check.check,
-                )
-        message = str(info.get("exception_message") or "expectation raised").splitlines()[0]
+        else:
+            missing = []
+        message = (
+            f"missing column(s) {missing}"
+            if missing
+            else str(info.get("exception_message") or "expectation raised").splitlines()[0]
+        )
         return DataQualityError(
             check.expectation,
             _single(df, "symbol"),
