@@ -1,4 +1,11 @@
-"""Feature services: one per model version scheme of the registered forecaster."""
+"""Feature services: one per feature-set version of the registered forecaster.
+
+A service is named after the model and its feature-set version (``garch_lstm_v1``) and that name
+is tagged on every MLflow model version trained from it, so a model version always reads exactly
+the features it was trained on. A service is never edited once models use it: a model that needs
+other features (e.g. the range, volume or market columns of ``market_features``) gets a new
+service (``garch_lstm_v2``) next to the old one.
+"""
 
 from feast import FeatureService
 from feature_views import garch_features, lstm_window, market_features

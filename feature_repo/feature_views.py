@@ -32,6 +32,33 @@ market_features = FeatureView(
         Field(name="rsi_14", dtype=Float64, description="RSI(14) of the adjusted close."),
         Field(name="macd_hist", dtype=Float64, description="MACD(12,26,9) histogram / close."),
         Field(name="bb_pctb", dtype=Float64, description="Bollinger %B(20, 2)."),
+        Field(name="atr_14", dtype=Float64, description="ATR(14) / close; OHLC sources only."),
+        Field(
+            name="park_vol_22",
+            dtype=Float64,
+            description="Parkinson annualised vol, 22 sessions, from ln(high/low).",
+        ),
+        Field(
+            name="gk_vol_22",
+            dtype=Float64,
+            description="Garman-Klass annualised vol, 22 sessions, from OHLC.",
+        ),
+        Field(
+            name="vol_z_22",
+            dtype=Float64,
+            description="Volume z-score against the 22 sessions before the session.",
+        ),
+        Field(
+            name="mkt_ret_1",
+            dtype=Float64,
+            description="Market index (SPX) log return of the same session.",
+        ),
+        Field(
+            name="mkt_rv_22",
+            dtype=Float64,
+            description="Market index (SPX) annualised realised vol, 22 sessions.",
+        ),
+        Field(name="vix", dtype=Float64, description="VIX close of the session (if known)."),
     ],
     online=True,
     source=market_features_source,
