@@ -13,6 +13,15 @@ A writer killed mid-write (SIGKILL, OOM) can leave its temporary file behind. Te
 named ``.<name>.<pid>.<hex>.tmp``: hidden from every reader (only ``part-0.parquet`` is listed, and
 pyarrow's dataset discovery skips dot-files), and removed by the next successful write of the same
 file once their writer process is gone (:func:`remove_stale_temps`).
+
+Raw inputs are kept apart from the tables, as received, one folder per session::
+
+    <root>/raw/session=YYYY-MM-DD/<file as received>...
+
+:func:`keep_raw` replaces a session's raw folder only once the new copy is complete, and
+:func:`staging_dir` gives a private folder next to it where an input is fetched before it is
+validated. The ingest stage uses the state home as ``root`` (not the lake folder: the raw inputs
+are not a table).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -37,6 +46,8 @@ from pipelines.calendar import to_date
 
 PART_NAME = "part-0.parquet"
 _PREFIX = "session="
+#: Folder (below the root given to :func:`keep_raw`) holding the raw inputs.
+RAW_FOLDER = "raw"
 
 
 # --------------------------------------------------------------------------------- paths
@@ -167,6 +178,25 @@ def _write_atomic(table: pa.Table, dest: Path) -> Path:
     return write_atomic(
         dest, lambda fh: pq.write_table(table, fh, compression="snappy", store_schema=True)
     )
+
+
+def write_parquet(dest: Path, df: pd.DataFrame) -> Path:
+    """Write ``df`` (index dropped, row order kept) to ``dest`` atomically, with the lake's
+    Parquet settings: the same frame always gives the same bytes.
+
+    Parameters
+    ----------
+    dest : Path
+        File to write (its folder is created).
+    df : pd.DataFrame
+        Rows to store.
+
+    Returns
+    -------
+    Path
+        ``dest``.
+    """
+    return _write_atomic(_to_arrow(df.reset_index(drop=True)), Path(dest))
 
 
 def _session_column(df: pd.DataFrame, session: date) -> pd.DataFrame:
@@ -342,7 +372,9 @@ def _reserve(directory: Path, name: str) -> Path:
         counter += 1
 
 
-def quarantine(src: Path, quarantine_root: Path, session: date, reason: str) -> Path:
+def quarantine(
+    src: Path, quarantine_root: Path, session: date, reason: str, *, origin: str | None = None
+) -> Path:
     """Copy a rejected input file aside, with the reason it was rejected.
 
     Parameters
@@ -355,6 +387,9 @@ def quarantine(src: Path, quarantine_root: Path, session: date, reason: str) -> 
         Session the file was meant for.
     reason : str
         Why it was rejected (e.g. the data-quality error message).
+    origin : str, optional
+        Where the file came from, recorded in the reason file (default: ``src`` resolved); give
+        it when ``src`` is a fetched copy (e.g. the ``s3://`` URI).
 
     Returns
     -------
@@ -372,7 +407,8 @@ def quarantine(src: Path, quarantine_root: Path, session: date, reason: str) -> 
     try:
         shutil.copyfile(src, dest)
         note = (
-            f"source: {src.resolve()}\nsession: {to_date(session).isoformat()}\nreason: {reason}\n"
+            f"source: {origin or src.resolve()}\n"
+            f"session: {to_date(session).isoformat()}\nreason: {reason}\n"
         )
         Path(f"{dest}.reason.txt").write_text(note, encoding="utf-8")
     except BaseException:
@@ -380,3 +416,165 @@ def quarantine(src: Path, quarantine_root: Path, session: date, reason: str) -> 
             dest.unlink()
         raise
     return dest
+
+
+# --------------------------------------------------------------------------------- raw input
+def raw_dir(root: Path, session: date) -> Path:
+    """Folder of one session's raw input: ``root/raw/session=YYYY-MM-DD``."""
+    return Path(root) / RAW_FOLDER / f"{_PREFIX}{to_date(session).isoformat()}"
+
+
+def raw_files(root: Path, session: date) -> list[Path]:
+    """The files kept as ``session``'s raw input, by name (empty when none was kept)."""
+    folder = raw_dir(root, session)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_dir_name(final: Path, kind: str) -> Path:
+    """``.<name>.<pid>.<hex>.<kind>`` next to ``final`` (kind: ``tmp`` or ``old``)."""
+    return final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.{kind}"
+
+
+def _dead_temp_dirs(final: Path) -> list[Path]:
+    """Temporary siblings of ``final`` (``tmp`` and ``old``) whose process is gone, by name."""
+    prefix = f".{final.name}."
+    try:
+        with os.scandir(final.parent) as entries:
+            names = sorted(e.name for e in entries if e.name.startswith(prefix) and e.is_dir())
+    except FileNotFoundError:
+        return []
+    dead = []
+    for name in names:
+        pid, _, rest = name[len(prefix) :].partition(".")
+        if pid.isdigit() and rest.endswith((".tmp", ".old")) and not _pid_alive(int(pid)):
+            dead.append(final.parent / name)
+    return dead
+
+
+def _recover(final: Path) -> None:
+    """Undo what a killed :func:`keep_raw` left: if it died between moving the previous raw
+    folder aside and moving the new one in, put the previous one back; remove the rest."""
+    dead = _dead_temp_dirs(final)
+    if not final.exists():
+        olds = [d for d in dead if d.name.endswith(".old")]
+        if olds:
+            os.rename(olds[0], final)
+            dead.remove(olds[0])
+    for leftover in dead:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def keep_raw(files: Sequence[Path], root: Path, session: date) -> list[Path]:
+    """Make ``session``'s raw folder hold exactly ``files``, copied byte for byte.
+
+    The copy is built in a temporary sibling folder (files and folder fsynced), then swapped in
+    with two renames (old folder aside, new one in) and the old folder removed. A process killed
+    at any point leaves the previous complete raw folder, or the new complete one; the next
+    call repairs the one window where neither is in place (the old folder is renamed back) and
+    removes what killed calls left behind.
+
+    Parameters
+    ----------
+    files : Sequence[Path]
+        The session's input files, as received; names must be distinct.
+    root : Path
+        Root below which ``raw/session=YYYY-MM-DD/`` lives (see :func:`raw_dir`).
+    session : date
+        The session.
+
+    Returns
+    -------
+    list[Path]
+        The kept copies, in the order of ``files``.
+
+    Raises
+    ------
+    ValueError
+        If ``files`` is empty or two files share a name.
+    FileNotFoundError
+        If a file does not exist.
+    """
+    sources = [Path(f) for f in files]
+    day = to_date(session).isoformat()
+    if not sources:
+        raise ValueError(f"keep_raw({day}): no input file given; a raw folder is never empty")
+    names = [f.name for f in sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"keep_raw({day}): several input files named {dupes}")
+    for src in sources:
+        if not src.is_file():
+            raise FileNotFoundError(f"keep_raw({day}): no such input file {src}")
+
+    final = raw_dir(root, session)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _recover(final)
+    tmp = _temp_dir_name(final, "tmp")
+    tmp.mkdir()
+    try:
+        for src in sources:
+            with open(src, "rb") as fin, open(tmp / src.name, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+                fout.flush()
+                os.fsync(fout.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            old = _temp_dir_name(final, "old")
+            os.rename(final, old)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                os.rename(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(final.parent)
+    return [final / n for n in names]
+
+
+@contextlib.contextmanager
+def staging_dir(root: Path, session: date) -> Iterator[Path]:
+    """A fresh private folder where ``session``'s input is fetched before it is validated.
+
+    It lives next to the raw folders (same file system, hidden name
+    ``root/raw/.incoming.session=YYYY-MM-DD.<pid>.<hex>.tmp``) and is removed on exit; folders
+    left by killed processes are removed on entry.
+
+    Parameters
+    ----------
+    root : Path
+        Same root as :func:`keep_raw`'s.
+    session : date
+        The session being ingested.
+
+    Yields
+    ------
+    Path
+        The empty staging folder.
+    """
+    anchor = Path(root) / RAW_FOLDER / f"incoming.{_PREFIX}{to_date(session).isoformat()}"
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in _dead_temp_dirs(anchor):
+        shutil.rmtree(leftover, ignore_errors=True)
+    path = _temp_dir_name(anchor, "tmp")
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -10,22 +10,33 @@ with dtypes
 
 sorted by (``session``, ``symbol``) with a fresh ``RangeIndex``.
 
-Two sources exist:
+Sources:
 
 - :class:`ReplaySource` replays real market data shipped by installed packages (skfolio's S&P 500
   stocks and arch's S&P 500 / NASDAQ composite indices).
 - :class:`FileSource` reads a CSV or Parquet file of bars (a vendor drop).
+- :class:`DropFolderSource` reads a local drop folder of CSV / Parquet files.
+- :class:`S3Source` reads the same layout from an S3 bucket (any S3-compatible endpoint).
+
+Raw inputs are fetched before they are parsed: :func:`fetch_raw` copies a session's input files,
+byte for byte and under their own names, from a local file, a drop folder or S3 into a local
+folder (the ingest stage keeps them as the session's raw input, or quarantines them), and
+:func:`read_bar_files` parses such files into canonical bars. A drop folder (local or S3) holds
+either one sub-folder per session, ``session=YYYY-MM-DD/``, or the session's files directly.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -48,8 +59,24 @@ _FILE_ALIASES: dict[str, str] = {
 }
 
 
+#: Name endings (lower-cased) of the files a drop folder or S3 prefix may hold.
+RAW_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".parquet")
+
+#: Environment variables read by :meth:`S3Config.from_env`.
+ENV_S3_ENDPOINT_URL = "AFTERBELL_S3_ENDPOINT_URL"
+ENV_S3_BUCKET = "AFTERBELL_S3_BUCKET"
+ENV_S3_PREFIX = "AFTERBELL_S3_PREFIX"
+ENV_S3_REGION = "AWS_DEFAULT_REGION"
+
+_S3_SCHEME = "s3://"
+
+
 class SourceError(Exception):
     """A bar source could not produce canonical bars (missing columns, unparsable values)."""
+
+
+class _NoInput(SourceError):
+    """The place a spec names exists but holds no bar file for the session."""
 
 
 @runtime_checkable
@@ -221,6 +248,35 @@ class ReplaySource:
         return panel.loc[mask].reset_index(drop=True)
 
 
+def replay_listings(universe: Sequence[str]) -> dict[str, tuple[date, date]]:
+    """Each symbol's listing range in the packaged replay data.
+
+    Parameters
+    ----------
+    universe : Sequence[str]
+        Replay symbols (any case; each must be one of
+        :data:`pipelines.settings.DEFAULT_UNIVERSE`).
+
+    Returns
+    -------
+    dict[str, tuple[date, date]]
+        ``{symbol: (first session, last session)}`` with a bar, in the order of ``universe``
+        (upper-cased, duplicates dropped). A session inside the range is one where the symbol is
+        expected to trade.
+
+    Raises
+    ------
+    ValueError
+        If a symbol is not known to the replay source.
+    """
+    symbols = ReplaySource(universe)._symbols
+    panel = load_replay_panel()
+    held = panel.loc[panel["symbol"].isin(symbols), ["symbol", "session"]]
+    first = held.groupby("symbol")["session"].min()
+    last = held.groupby("symbol")["session"].max()
+    return {sym: (first[sym].date(), last[sym].date()) for sym in symbols}
+
+
 # --------------------------------------------------------------------------------- files
 def _normalise_name(name: object) -> str:
     key = str(name).strip().lower()
@@ -243,15 +299,24 @@ def _read_raw(path: Path) -> pd.DataFrame:
     raise SourceError(f"{path}: unsupported bars file type (expected .csv or .parquet)")
 
 
+def _is_csv(path: Path) -> bool:
+    return ".csv" in [s.lower() for s in path.suffixes]
+
+
+def _row(path: Path, pos: int) -> str:
+    """``row N`` (1-based data row) of a file, with its line number for CSV files."""
+    line = f" (line {pos + 2})" if _is_csv(path) else ""
+    return f"row {pos + 1}{line}"
+
+
 def _bad_value(path: Path, raw: pd.Series, parsed: pd.Series, column: str) -> None:
     bad = raw.notna() & parsed.isna()
     if raw.dtype == object:
         bad &= raw.astype(str).str.strip().ne("")
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])
-        line = f" (line {pos + 2})" if path.suffix.lower() == ".csv" else ""
         raise SourceError(
-            f"{path}: row {pos + 1}{line}, column {column!r}: cannot parse {raw.iloc[pos]!r}"
+            f"{path}: {_row(path, pos)}, column {column!r}: cannot parse {raw.iloc[pos]!r}"
         )
 
 
@@ -276,6 +341,11 @@ def coerce_bars(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
         Naming the file and columns when required columns are missing, or the file, row and
         column when a value cannot be parsed.
     """
+    return canonicalise(_coerce(raw, path))
+
+
+def _coerce(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """:func:`coerce_bars` without the final sort: row ``i`` is row ``i`` of the file."""
     renamed: dict[str, pd.Series] = {}
     for col in raw.columns:
         name = _normalise_name(col)
@@ -308,7 +378,7 @@ def coerce_bars(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
         values = pd.to_numeric(raw_col, errors="coerce")
         _bad_value(path, raw_col, values, col)
         out[col] = values.astype("float64")
-    return canonicalise(out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -350,3 +420,441 @@ class FileSource:
             Canonical bars sorted by ``session``, ``symbol``.
         """
         return _select_sessions(self.read(), sessions)
+
+
+# --------------------------------------------------------------------------------- raw input
+def _empty_bars() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in BAR_COLUMNS})
+    frame["symbol"] = frame["symbol"].astype(object)
+    return canonicalise(frame)
+
+
+def read_bar_files(paths: Sequence[Path], *, session: date | None = None) -> pd.DataFrame:
+    """Canonical bars from bar files (CSV, gzipped CSV or Parquet), e.g. :func:`fetch_raw`'s.
+
+    Parameters
+    ----------
+    paths : Sequence[Path]
+        Files to read; each is coerced with :func:`coerce_bars`.
+    session : date, optional
+        When given, every row must belong to this session.
+
+    Returns
+    -------
+    pd.DataFrame
+        Canonical bars of all files, sorted by ``session``, ``symbol`` (rows of equal key keep
+        the order of ``paths``); empty (with the canonical columns) when ``paths`` is empty.
+
+    Raises
+    ------
+    SourceError
+        Naming the file (and row, column) that is unreadable, lacks required columns, holds an
+        unparsable value or, with ``session``, a row of another session.
+    """
+    frames: list[pd.DataFrame] = []
+    for path in map(Path, paths):
+        bars = _coerce(_read_raw(path), path)
+        if session is not None:
+            want = pd.Timestamp(calendar.to_date(session))
+            other = bars["session"].ne(want).to_numpy()
+            if other.any():
+                pos = int(np.flatnonzero(other)[0])
+                got = bars["session"].iloc[pos]
+                what = "has no session" if pd.isna(got) else f"is for session {got.date()}"
+                raise SourceError(
+                    f"{path}: {_row(path, pos)} {what}, not the ingested session {want.date()}"
+                )
+        frames.append(bars)
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return _empty_bars()
+    return canonicalise(pd.concat(frames, ignore_index=True))
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where S3 inputs live and how to reach them.
+
+    Credentials are not part of it: boto3's standard chain supplies them
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance roles...).
+
+    Parameters
+    ----------
+    endpoint_url : str, optional
+        S3-compatible endpoint (MinIO, moto, ...); None for AWS itself.
+    bucket : str, optional
+        Default bucket, used by ``s3:///key`` URIs (empty bucket part) and :class:`S3Source`.
+    prefix : str, optional
+        Default key prefix (a "folder"; leading and trailing ``/`` are dropped).
+    region : str, optional
+        Region of the client (default ``us-east-1``).
+    """
+
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    region: str = "us-east-1"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", self.prefix.strip("/"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Config:
+        """Read ``AFTERBELL_S3_ENDPOINT_URL``, ``AFTERBELL_S3_BUCKET``, ``AFTERBELL_S3_PREFIX``
+        and ``AWS_DEFAULT_REGION`` (each optional) from ``environ`` (default ``os.environ``)."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        return cls(
+            endpoint_url=get(ENV_S3_ENDPOINT_URL),
+            bucket=get(ENV_S3_BUCKET),
+            prefix=get(ENV_S3_PREFIX) or "",
+            region=get(ENV_S3_REGION) or "us-east-1",
+        )
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One raw input file to fetch: a local file or an S3 object, and its name once fetched."""
+
+    name: str
+    local: Path | None = None
+    bucket: str = ""
+    key: str = ""
+
+    def describe(self) -> str:
+        if self.local is not None:
+            return str(self.local)
+        return f"{_S3_SCHEME}{self.bucket}/{self.key}"
+
+
+def _is_bar_file(name: str) -> bool:
+    """Whether a drop-folder entry is a bar file (hidden files are uploads in progress)."""
+    return not name.startswith(".") and name.lower().endswith(RAW_SUFFIXES)
+
+
+def _session_folder(session: date) -> str:
+    return f"session={calendar.to_date(session).isoformat()}"
+
+
+def _s3_error(exc: BaseException, spec: str, where: str, endpoint: str | None) -> SourceError:
+    """A :class:`SourceError` naming the spec and what went wrong, from a boto3 failure."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            reason = f"no such bucket ({where})"
+        elif code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            reason = f"no such key {where}"
+        elif code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or (
+            status == 403
+        ):
+            reason = f"access denied to {where} ({code}; check the AWS credentials)"
+        else:
+            reason = f"S3 error {code or status} on {where}: {err.get('Message', exc)}"
+    elif isinstance(exc, EndpointConnectionError):
+        reason = f"cannot reach the S3 endpoint {endpoint or '(AWS default)'}: {exc}"
+    elif isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        reason = (
+            f"no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        )
+    else:
+        reason = f"S3 request for {where} failed: {reason}"
+    return SourceError(f"{spec}: {reason}")
+
+
+class _Fetcher:
+    """Plans and copies raw inputs; holds one S3 client, created on first use."""
+
+    def __init__(self, s3: S3Config | None) -> None:
+        self._s3 = s3
+        self._client: Any = None
+
+    @property
+    def config(self) -> S3Config:
+        if self._s3 is None:
+            self._s3 = S3Config.from_env()
+        return self._s3
+
+    def client(self, spec: str) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            cfg = self.config
+            options: dict[str, Any] = {
+                "region_name": cfg.region,
+                "connect_timeout": 5,
+                "read_timeout": 60,
+                "retries": {"max_attempts": 2, "mode": "standard"},
+            }
+            if cfg.endpoint_url:
+                options["s3"] = {"addressing_style": "path"}
+            try:
+                self._client = boto3.session.Session().client(
+                    "s3", endpoint_url=cfg.endpoint_url, config=Config(**options)
+                )
+            except Exception as exc:  # bad endpoint URL, unknown region...
+                raise SourceError(f"{spec}: cannot create an S3 client: {exc}") from exc
+        return self._client
+
+    # ----------------------------------------------------------------------------- plans
+    def plan(self, spec: str | Path, session: date) -> list[_Item]:
+        """The files ``spec`` holds for ``session``, in name order (no data is copied)."""
+        if isinstance(spec, str) and spec.startswith(_S3_SCHEME):
+            return self._plan_s3(spec, session)
+        return self._plan_local(Path(spec), session)
+
+    @staticmethod
+    def _plan_local(path: Path, session: date) -> list[_Item]:
+        if path.is_file():
+            return [_Item(name=path.name, local=path)]
+        if not path.exists():
+            raise SourceError(f"{path}: file or folder not found")
+        if not path.is_dir():
+            raise SourceError(f"{path}: not a regular file or folder")
+        sub = path / _session_folder(session)
+        folder = sub if sub.is_dir() else path
+        try:
+            names = sorted(
+                e.name for e in os.scandir(folder) if e.is_file() and _is_bar_file(e.name)
+            )
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot list folder {folder}: {exc}") from exc
+        if not names:
+            raise _NoInput(
+                f"{path}: no bar file ({', '.join(RAW_SUFFIXES)}) for session "
+                f"{calendar.to_date(session)} in {folder}"
+            )
+        return [_Item(name=n, local=folder / n) for n in names]
+
+    def _locate(self, spec: str) -> tuple[str, str]:
+        """(bucket, key) of an ``s3://bucket/key`` URI; an empty bucket uses the config's."""
+        bucket, _, key = spec[len(_S3_SCHEME) :].partition("/")
+        if not bucket:
+            cfg = self.config
+            if not cfg.bucket:
+                raise SourceError(f"{spec}: the URI names no bucket and {ENV_S3_BUCKET} is not set")
+            bucket = cfg.bucket
+            key = "/".join(p for p in (cfg.prefix, key) if p)
+        return bucket, key
+
+    def _list(self, spec: str, bucket: str, prefix: str) -> list[str]:
+        """Keys of the bar files directly under ``prefix`` (not in sub-folders), sorted."""
+        keys: list[str] = []
+        try:
+            pages = (
+                self.client(spec)
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+            )
+            for page in pages:
+                keys.extend(
+                    o["Key"]
+                    for o in page.get("Contents", [])
+                    if _is_bar_file(o["Key"][len(prefix) :])
+                )
+        except SourceError:
+            raise
+        except Exception as exc:
+            where = f"{_S3_SCHEME}{bucket}/{prefix}"
+            raise _s3_error(exc, spec, where, self.config.endpoint_url) from exc
+        return sorted(keys, key=lambda k: k[len(prefix) :])
+
+    def _plan_s3(self, spec: str, session: date) -> list[_Item]:
+        bucket, key = self._locate(spec)
+        leaf = key.rsplit("/", 1)[-1]
+        if leaf and leaf.lower().endswith(RAW_SUFFIXES):
+            return [_Item(name=leaf, bucket=bucket, key=key)]
+        base = f"{key.rstrip('/')}/" if key.strip("/") else ""
+        sub = f"{base}{_session_folder(session)}/"
+        keys = self._list(spec, bucket, sub) or self._list(spec, bucket, base)
+        if not keys:
+            raise _NoInput(
+                f"{spec}: no bar file ({', '.join(RAW_SUFFIXES)}) for session "
+                f"{calendar.to_date(session)} under {_S3_SCHEME}{bucket}/{sub} "
+                f"or {_S3_SCHEME}{bucket}/{base}"
+            )
+        return [_Item(name=k.rsplit("/", 1)[-1], bucket=bucket, key=k) for k in keys]
+
+    # ----------------------------------------------------------------------------- copies
+    def copy(self, items: Sequence[_Item], dest: Path, spec: str) -> list[Path]:
+        """Copy ``items`` byte for byte into ``dest`` under their names."""
+        dest.mkdir(parents=True, exist_ok=True)
+        out: list[Path] = []
+        for item in items:
+            target = dest / item.name
+            if item.local is not None:
+                try:
+                    shutil.copyfile(item.local, target)
+                except OSError as exc:
+                    raise SourceError(f"{spec}: cannot copy {item.local}: {exc}") from exc
+            else:
+                self._download(spec, item, target)
+            out.append(target)
+        return out
+
+    def _download(self, spec: str, item: _Item, target: Path) -> None:
+        where = item.describe()
+        try:
+            response = self.client(spec).get_object(Bucket=item.bucket, Key=item.key)
+            with open(target, "wb") as fh:
+                shutil.copyfileobj(response["Body"], fh)
+        except SourceError:
+            raise
+        except OSError as exc:
+            raise SourceError(f"{spec}: cannot write {target}: {exc}") from exc
+        except Exception as exc:
+            raise _s3_error(exc, spec, where, self.config.endpoint_url) from exc
+        expected = response.get("ContentLength")
+        size = target.stat().st_size
+        if expected is not None and int(expected) != size:
+            raise SourceError(f"{spec}: {where} truncated: got {size} of {expected} bytes")
+
+
+def fetch_raw(
+    spec: str | Path, session: date, dest: Path, s3: S3Config | None = None
+) -> list[Path]:
+    """Copy a session's raw input files, exactly as received, into a local folder.
+
+    Parameters
+    ----------
+    spec : str or Path
+        Where the input is:
+
+        - a local file (``.csv``, ``.csv.gz``, ``.parquet``): that file;
+        - a local drop folder: the bar files of ``<folder>/session=YYYY-MM-DD/`` if that
+          folder exists, else the bar files directly in the folder;
+        - ``s3://bucket/key`` whose last part ends in ``.csv``, ``.csv.gz`` or ``.parquet``:
+          that object;
+        - ``s3://bucket/prefix/`` (any other key, or none): the bar files directly under
+          ``prefix/session=YYYY-MM-DD/`` if there are any, else directly under ``prefix/``;
+        - ``s3:///key`` (empty bucket part): as above in ``s3.bucket``, below ``s3.prefix``.
+
+        Folder and prefix listings keep only names ending in ``.csv``, ``.csv.gz`` or
+        ``.parquet`` (hidden names skipped), sorted by name.
+    session : date
+        The session whose input is fetched.
+    dest : Path
+        Folder receiving the files (created if needed), under their own names.
+    s3 : S3Config, optional
+        S3 endpoint and default bucket / prefix; :meth:`S3Config.from_env` when omitted and
+        ``spec`` is an ``s3://`` URI.
+
+    Returns
+    -------
+    list[Path]
+        The fetched files in ``dest``, in name order; byte-identical to their origin.
+
+    Raises
+    ------
+    SourceError
+        Naming ``spec`` and the reason: missing file or folder, nothing for the session, no
+        such bucket or key, endpoint unreachable, access denied, missing credentials.
+    """
+    fetcher = _Fetcher(s3)
+    return fetcher.copy(fetcher.plan(spec, session), Path(dest), str(spec))
+
+
+def _fetched_bars(spec: str | Path, sessions: Sequence[date], fetcher: _Fetcher) -> pd.DataFrame:
+    """Canonical bars of ``sessions`` from ``spec``: sessions with no input give no rows, and
+    sessions sharing the same input files (a flat folder, one file) read them once."""
+    groups: dict[tuple[_Item, ...], list[date]] = {}
+    for day in dict.fromkeys(calendar.to_date(s) for s in sessions):
+        try:
+            items = tuple(fetcher.plan(spec, day))
+        except _NoInput:
+            continue
+        groups.setdefault(items, []).append(day)
+    frames: list[pd.DataFrame] = []
+    with tempfile.TemporaryDirectory(prefix="afterbell-fetch-") as tmp:
+        for i, (items, days) in enumerate(groups.items()):
+            files = fetcher.copy(items, Path(tmp) / str(i), str(spec))
+            frames.append(_select_sessions(read_bar_files(files), days))
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return _empty_bars()
+    return canonicalise(pd.concat(frames, ignore_index=True))
+
+
+@dataclass(frozen=True)
+class DropFolderSource:
+    """Bars from a local drop folder of CSV / Parquet files (see :func:`fetch_raw`).
+
+    Parameters
+    ----------
+    folder : Path
+        Holds ``session=YYYY-MM-DD/`` sub-folders, or bar files directly.
+    """
+
+    folder: Path
+
+    def bars(self, sessions: Sequence[date]) -> pd.DataFrame:
+        """Canonical bars of ``sessions`` (a session without input files gives no rows).
+
+        Raises
+        ------
+        SourceError
+            If the folder is missing or a file is unreadable or holds bad values.
+        """
+        return _fetched_bars(Path(self.folder), sessions, _Fetcher(None))
+
+
+@dataclass(frozen=True)
+class S3Source:
+    """Bars from S3 (or an S3-compatible endpoint), laid out like a drop folder.
+
+    Parameters
+    ----------
+    config : S3Config
+        Endpoint and default bucket / prefix.
+    uri : str, optional
+        ``s3://bucket/prefix/`` (or one object) to read; default the config's bucket and
+        prefix.
+
+    Raises
+    ------
+    ValueError
+        If neither ``uri`` nor ``config.bucket`` names a bucket, or ``uri`` is no ``s3://`` URI.
+    """
+
+    config: S3Config
+    uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.uri is None and not self.config.bucket:
+            raise ValueError(f"S3Source needs a uri or a bucket in its config ({ENV_S3_BUCKET})")
+        if self.uri is not None and not self.uri.startswith(_S3_SCHEME):
+            raise ValueError(f"S3Source uri must start with {_S3_SCHEME!r}: {self.uri!r}")
+
+    @property
+    def spec(self) -> str:
+        """The URI read: ``uri``, or ``s3://bucket/prefix/`` from the config."""
+        if self.uri is not None:
+            return self.uri
+        prefix = f"{self.config.prefix}/" if self.config.prefix else ""
+        return f"{_S3_SCHEME}{self.config.bucket}/{prefix}"
+
+    def bars(self, sessions: Sequence[date]) -> pd.DataFrame:
+        """Canonical bars of ``sessions`` (a session without input objects gives no rows).
+
+        Raises
+        ------
+        SourceError
+            If the bucket is missing or unreachable, access is denied, or an object is
+            unreadable or holds bad values.
+        """
+        return _fetched_bars(self.spec, sessions, _Fetcher(self.config))

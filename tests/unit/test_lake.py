@@ -177,3 +177,148 @@ def test_quarantine_never_overwrites(tmp_path: Path) -> None:
     assert src.exists()  # the input is copied, not moved
     with pytest.raises(FileNotFoundError):
         lake.quarantine(tmp_path / "absent.csv", qroot, d, "x")
+
+
+# --------------------------------------------------------------------------------- raw input
+def _inputs(folder: Path, files: dict[str, bytes]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, body in files.items():
+        (folder / name).write_bytes(body)
+        out.append(folder / name)
+    return out
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "raw").iterdir() if p.name.startswith("."))
+
+
+def test_keep_raw_holds_exactly_the_given_files(tmp_path: Path) -> None:
+    d = date(2018, 12, 31)
+    assert lake.raw_dir(tmp_path, d) == tmp_path / "raw" / "session=2018-12-31"
+    assert lake.raw_files(tmp_path, d) == []
+    first = _inputs(tmp_path / "in1", {"b.csv": b"symbol,close\n", "a.parquet": b"PAR1 x"})
+    kept = lake.keep_raw(first, tmp_path, d)
+    folder = lake.raw_dir(tmp_path, d)
+    assert kept == [folder / "b.csv", folder / "a.parquet"]
+    assert lake.raw_files(tmp_path, d) == [folder / "a.parquet", folder / "b.csv"]
+    assert [p.read_bytes() for p in kept] == [p.read_bytes() for p in first]
+
+    second = _inputs(tmp_path / "in2", {"b.csv": b"symbol,close\nSPX,1\n"})
+    lake.keep_raw(second, tmp_path, d)
+    assert lake.raw_files(tmp_path, d) == [folder / "b.csv"]  # a.parquet is gone
+    assert (folder / "b.csv").read_bytes() == b"symbol,close\nSPX,1\n"
+    assert all(p.exists() for p in first + second)  # inputs are copied, not moved
+    assert _leftovers(tmp_path) == []
+
+
+def test_keep_raw_failure_keeps_the_previous_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = date(2018, 12, 31)
+    good = _inputs(tmp_path / "good", {"bars.csv": b"good"})
+    lake.keep_raw(good, tmp_path, d)
+    new = _inputs(tmp_path / "new", {"a.csv": b"new a", "b.csv": b"new b"})
+    real = lake.shutil.copyfileobj
+    calls = []
+
+    def flaky(fin: object, fout: object, *args: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(fin, fout, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lake.shutil, "copyfileobj", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        lake.keep_raw(new, tmp_path, d)
+    assert [p.name for p in lake.raw_files(tmp_path, d)] == ["bars.csv"]
+    assert lake.raw_files(tmp_path, d)[0].read_bytes() == b"good"
+    assert _leftovers(tmp_path) == []
+
+    with pytest.raises(ValueError, match="never empty"):
+        lake.keep_raw([], tmp_path, d)
+    twin = _inputs(tmp_path / "twin", {"bars.csv": b"other"})
+    with pytest.raises(ValueError, match=r"bars\.csv"):
+        lake.keep_raw([good[0], twin[0]], tmp_path, d)
+    with pytest.raises(FileNotFoundError, match=r"absent\.csv"):
+        lake.keep_raw([tmp_path / "absent.csv"], tmp_path, d)
+    assert lake.raw_files(tmp_path, d)[0].read_bytes() == b"good"
+
+
+def test_keep_raw_repairs_what_a_killed_swap_left(tmp_path: Path) -> None:
+    d = date(2018, 12, 31)
+    folder = lake.raw_dir(tmp_path, d)
+    folder.parent.mkdir(parents=True)
+    dead = _dead_pid()
+    # killed between "old folder aside" and "new folder in": no raw folder, the complete old
+    # one aside, a half-built new one; plus a live writer's temp folder (left alone)
+    old = folder.parent / f".{folder.name}.{dead}.aa.old"
+    _inputs(old, {"bars.csv": b"previous"})
+    half = folder.parent / f".{folder.name}.{dead}.bb.tmp"
+    _inputs(half, {"bars.csv": b"hal"})
+    live = folder.parent / f".{folder.name}.{os.getppid()}.cc.tmp"
+    live.mkdir()
+
+    new = _inputs(tmp_path / "in", {"bars.csv": b"next"})
+    lake.keep_raw(new, tmp_path, d)
+    assert [p.read_bytes() for p in lake.raw_files(tmp_path, d)] == [b"next"]
+    assert _leftovers(tmp_path) == [live.name]
+
+
+def test_keep_raw_restores_the_previous_folder_after_a_kill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = date(2018, 12, 31)
+    folder = lake.raw_dir(tmp_path, d)
+    folder.parent.mkdir(parents=True)
+    old = folder.parent / f".{folder.name}.{_dead_pid()}.aa.old"
+    _inputs(old, {"bars.csv": b"previous"})
+    # the next writer of another session's raw folder leaves this one alone...
+    lake.keep_raw(_inputs(tmp_path / "x", {"x.csv": b"x"}), tmp_path, date(2018, 12, 28))
+    assert old.exists() and not folder.exists()
+
+    # ...the next writer of this session puts the previous input back first, so even when its
+    # own copy then fails the session keeps its previous raw input
+    def boom(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lake.shutil, "copyfileobj", boom)
+    with pytest.raises(OSError, match="disk full"):
+        lake.keep_raw(_inputs(tmp_path / "in", {"new.csv": b"next"}), tmp_path, d)
+    assert [p.read_bytes() for p in lake.raw_files(tmp_path, d)] == [b"previous"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_staging_dir_is_private_and_removed(tmp_path: Path) -> None:
+    d = date(2018, 12, 31)
+    with lake.staging_dir(tmp_path, d) as first:
+        (first / "bars.csv").write_text("x")
+        assert first.parent == tmp_path / "raw" and first.name.startswith(".")
+    assert not first.exists()
+    stale = tmp_path / "raw" / f".incoming.session=2018-12-31.{_dead_pid()}.dd.tmp"
+    stale.mkdir()
+    (stale / "bars.csv").write_text("left by a killed ingest")
+    with pytest.raises(RuntimeError), lake.staging_dir(tmp_path, d) as second:
+        assert second != first and not stale.exists()
+        raise RuntimeError("ingest failed")
+    assert not second.exists()
+    assert lake.raw_files(tmp_path, d) == []
+
+
+def test_write_parquet_is_deterministic(tmp_path: Path, bars: pd.DataFrame) -> None:
+    day = _day(bars, date(2018, 12, 31))
+    a = lake.write_parquet(tmp_path / "a" / "replay.parquet", day)
+    b = lake.write_parquet(tmp_path / "b" / "replay.parquet", day.set_index(pd.Index([9, 8, 7])))
+    assert a.read_bytes() == b.read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(a), day)
+
+
+def test_quarantine_records_the_origin(tmp_path: Path) -> None:
+    src = tmp_path / "staging" / "bars.csv"
+    src.parent.mkdir()
+    src.write_text("bad\n")
+    copy = lake.quarantine(
+        src, tmp_path / "q", date(2018, 12, 31), "why", origin="s3://b/daily/bars.csv"
+    )
+    note = Path(f"{copy}.reason.txt").read_text()
+    assert "source: s3://b/daily/bars.csv" in note and "reason: why" in note

@@ -1,9 +1,12 @@
-"""Bar sources: the packaged replay data and bar files."""
+"""Bar sources: the packaged replay data, bar files, drop folders and S3 (in-process moto)."""
 
 from __future__ import annotations
 
+import gzip
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,10 +16,16 @@ from pipelines import calendar
 from pipelines.schema import BAR_COLUMNS
 from pipelines.sources import (
     BarSource,
+    DropFolderSource,
     FileSource,
     ReplaySource,
+    S3Config,
+    S3Source,
     SourceError,
+    fetch_raw,
     load_replay_panel,
+    read_bar_files,
+    replay_listings,
 )
 
 SESSIONS = calendar.sessions_between("2017-10-02", "2018-12-31")  # ~315 sessions
@@ -161,3 +170,200 @@ def test_file_source_missing_file_and_bad_type(tmp_path: Path) -> None:
     other.write_text("x")
     with pytest.raises(SourceError, match="unsupported"):
         FileSource(other).bars([date(2018, 12, 31)])
+
+
+def test_replay_listings_are_the_first_and_last_sessions_with_data() -> None:
+    got = replay_listings(["spx", "AAPL", "NDX", "spx"])
+    assert list(got) == ["SPX", "AAPL", "NDX"]
+    # arch's indices: 1999-2018; skfolio's stocks: 1990 to 2022-12-28
+    assert got["SPX"] == (date(1999, 1, 4), date(2018, 12, 31))
+    assert got["NDX"] == (date(1999, 1, 4), date(2018, 12, 31))
+    assert got["AAPL"] == (date(1990, 1, 2), date(2022, 12, 28))
+    src = ReplaySource(["SPX", "AAPL"])
+    # the sessions just outside each range have no bar of the symbol
+    outside = {"SPX": [date(1998, 12, 31), date(2019, 1, 2)], "AAPL": [date(2022, 12, 29)]}
+    for symbol, days in outside.items():
+        first, last = got[symbol]
+        assert (src.bars([first, last])["symbol"] == symbol).sum() == 2
+        assert not (src.bars(days)["symbol"] == symbol).any()
+    with pytest.raises(ValueError, match="FOO"):
+        replay_listings(["AAPL", "FOO"])
+
+
+# --------------------------------------------------------------------------------- raw input
+D = date(2018, 12, 31)
+D_PREV = date(2018, 12, 28)
+
+
+def _csv(bars: pd.DataFrame) -> bytes:
+    out = bars.assign(session=bars["session"].dt.strftime("%Y-%m-%d"))
+    return out.to_csv(index=False).encode()
+
+
+@pytest.fixture(scope="module")
+def two_days() -> pd.DataFrame:
+    return ReplaySource(["AAPL", "MSFT", "SPX"]).bars([D_PREV, D])
+
+
+def _day(bars: pd.DataFrame, d: date) -> pd.DataFrame:
+    return bars[bars["session"] == pd.Timestamp(d)].reset_index(drop=True)
+
+
+def test_s3_config_from_env() -> None:
+    assert S3Config.from_env({}) == S3Config(None, None, "", "us-east-1")
+    cfg = S3Config.from_env(
+        {
+            "AFTERBELL_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "AFTERBELL_S3_BUCKET": "bars",
+            "AFTERBELL_S3_PREFIX": "/vendor/daily/",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+        }
+    )
+    assert cfg == S3Config("http://127.0.0.1:9000", "bars", "vendor/daily", "eu-west-1")
+
+
+def test_fetch_raw_local_file_is_byte_identical(tmp_path: Path, two_days: pd.DataFrame) -> None:
+    src = tmp_path / "in" / "bars.csv.gz"
+    src.parent.mkdir()
+    src.write_bytes(gzip.compress(_csv(_day(two_days, D)), mtime=0))
+    got = fetch_raw(src, D, tmp_path / "out")
+    assert got == [tmp_path / "out" / "bars.csv.gz"]
+    assert got[0].read_bytes() == src.read_bytes()
+    pd.testing.assert_frame_equal(read_bar_files(got, session=D), _day(two_days, D))
+
+
+def test_fetch_raw_drop_folder_prefers_the_session_folder(
+    tmp_path: Path, two_days: pd.DataFrame
+) -> None:
+    drop = tmp_path / "drop"
+    sub = drop / "session=2018-12-31"
+    sub.mkdir(parents=True)
+    today = _day(two_days, D)
+    (sub / "b.csv").write_bytes(_csv(today[today["symbol"] != "SPX"]))
+    today[today["symbol"] == "SPX"].to_parquet(sub / "a.parquet")
+    (sub / "notes.txt").write_text("not bars")
+    (sub / ".c.csv").write_text("an upload in progress")
+    (drop / "flat.csv").write_bytes(_csv(_day(two_days, D_PREV)))
+
+    got = fetch_raw(str(drop), D, tmp_path / "out")
+    assert [p.name for p in got] == ["a.parquet", "b.csv"]
+    assert all(p.read_bytes() == (sub / p.name).read_bytes() for p in got)
+    pd.testing.assert_frame_equal(read_bar_files(got, session=D), today)
+    # no session folder for D_PREV: the files directly in the drop folder
+    prev = fetch_raw(drop, D_PREV, tmp_path / "prev")
+    assert [p.name for p in prev] == ["flat.csv"]
+
+    source = DropFolderSource(drop)
+    assert isinstance(source, BarSource)
+    both = source.bars([D, D_PREV, date(2018, 12, 27)])
+    _check_canonical(both)
+    pd.testing.assert_frame_equal(both, two_days)
+
+
+def test_fetch_raw_errors_name_the_spec(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="not found") as err:
+        fetch_raw(tmp_path / "absent.csv", D, tmp_path / "out")
+    assert "absent.csv" in str(err.value)
+    empty = tmp_path / "empty"
+    (empty / "session=2018-12-31").mkdir(parents=True)
+    (empty / "readme.txt").write_text("x")
+    with pytest.raises(SourceError, match="no bar file") as err:
+        fetch_raw(empty, D, tmp_path / "out")
+    assert str(empty) in str(err.value) and "2018-12-31" in str(err.value)
+    with pytest.raises(SourceError, match="AFTERBELL_S3_BUCKET"):
+        fetch_raw("s3:///daily/", D, tmp_path / "out", S3Config())
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_read_bar_files_order_and_empty(tmp_path: Path, two_days: pd.DataFrame) -> None:
+    a, b = tmp_path / "a.csv", tmp_path / "b.parquet"
+    a.write_bytes(_csv(two_days[two_days["symbol"] == "MSFT"]))
+    two_days[two_days["symbol"] != "MSFT"].to_parquet(b)
+    pd.testing.assert_frame_equal(read_bar_files([a, b]), two_days)
+    pd.testing.assert_frame_equal(read_bar_files([b, a]), two_days)
+    empty = read_bar_files([])
+    _check_canonical(empty)
+    assert empty.empty
+
+
+def test_read_bar_files_rejects_rows_of_another_session(
+    tmp_path: Path, two_days: pd.DataFrame
+) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(_csv(two_days.sort_values(["session", "symbol"], ascending=[False, True])))
+    assert len(read_bar_files([path], session=None)) == 6
+    with pytest.raises(SourceError) as err:
+        read_bar_files([path], session=D)
+    msg = str(err.value)
+    # rows 1-3 are 2018-12-31, row 4 (line 5) the first of 2018-12-28
+    assert str(path) in msg and "row 4 (line 5)" in msg and "2018-12-28" in msg, msg
+
+
+@pytest.fixture
+def mock_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An in-process moto S3 with dummy credentials (no endpoint, no network)."""
+    from moto import mock_aws
+
+    for name in ("AWS_PROFILE", "AFTERBELL_S3_ENDPOINT_URL", "AFTERBELL_S3_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="vendor")
+        yield client
+
+
+def test_s3_source_reads_session_prefixes(mock_s3: Any, two_days: pd.DataFrame) -> None:
+    put = mock_s3.put_object
+    put(Bucket="vendor", Key="daily/session=2018-12-31/bars.csv", Body=_csv(_day(two_days, D)))
+    put(Bucket="vendor", Key="daily/session=2018-12-31/skip.json", Body=b"{}")
+    put(Bucket="vendor", Key="daily/session=2018-12-28/bars.csv", Body=_csv(two_days[:3]))
+    source = S3Source(S3Config(bucket="vendor", prefix="daily"))
+    assert isinstance(source, BarSource) and source.spec == "s3://vendor/daily/"
+    pd.testing.assert_frame_equal(source.bars([D, D_PREV, date(2018, 12, 27)]), two_days)
+    with pytest.raises(SourceError, match="no such bucket") as err:
+        S3Source(S3Config(), uri="s3://absent-bucket/daily/").bars([D])
+    assert "s3://absent-bucket/daily/" in str(err.value)
+    with pytest.raises(ValueError, match="bucket"):
+        S3Source(S3Config())
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("AccessDenied", 403, "access denied to s3://vendor/daily/"),
+        ("InvalidAccessKeyId", 403, "check the AWS credentials"),
+        ("NoSuchBucket", 404, "no such bucket"),
+        ("SlowDown", 503, "S3 error SlowDown"),
+    ],
+)
+def test_s3_failures_become_source_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+    status: int,
+    expected: str,
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from pipelines import sources
+
+    def refuse(self: Any, spec: str) -> Any:
+        class Client:
+            def get_paginator(self, name: str) -> Any:
+                raise ClientError(
+                    {"Error": {"Code": code, "Message": "nope"},
+                     "ResponseMetadata": {"HTTPStatusCode": status}},
+                    "ListObjectsV2",
+                )  # fmt: skip
+
+        return Client()
+
+    monkeypatch.setattr(sources._Fetcher, "client", refuse)
+    with pytest.raises(SourceError) as err:
+        fetch_raw("s3://vendor/daily/", D, tmp_path, S3Config())
+    assert str(err.value).startswith("s3://vendor/daily/: ") and expected in str(err.value)
