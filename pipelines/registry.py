@@ -7,7 +7,9 @@ Aliases (CONTRACT.md): ``challenger`` is the candidate under test, ``champion`` 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.settings import (
@@ -114,8 +116,7 @@ def latest_version_up_to(settings: Settings, session: str) -> ModelRef | None:
     except MlflowException:
         return None
     ready = [
-        mv for mv in found
-        if mv.status == "READY" and mv.tags.get("session", "9999") <= session
+        mv for mv in found if mv.status == "READY" and mv.tags.get("session", "9999") <= session
     ]
     if not ready:
         return None
@@ -167,6 +168,74 @@ def load_pyfunc(settings: Settings, ref: ModelRef) -> Any:
     return mlflow.pyfunc.load_model(ref.uri)
 
 
+#: Experiment holding one run per session with the data-quality outcome and its Data Docs pages.
+DATA_QUALITY_EXPERIMENT = "data_quality"
+
+
+def session_run(settings: Settings, experiment: str, session: str) -> str:
+    """Id of the run of ``experiment`` for ``session``, created on first use and reused after.
+
+    Re-running a session logs into the same run (tags and artifacts are overwritten), so the
+    experiment keeps exactly one run per session.
+    """
+    c = client(settings)
+    exp_id = ensure_experiment(settings, experiment)
+    found = c.search_runs(
+        [exp_id],
+        filter_string=f"tags.session = '{session}'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if found:
+        return str(found[0].info.run_id)
+    run = c.create_run(
+        exp_id, run_name=f"{experiment} {session}", tags={"session": session, "stage": experiment}
+    )
+    c.set_terminated(run.info.run_id)
+    return str(run.info.run_id)
+
+
+def log_data_quality(
+    settings: Settings,
+    session: str,
+    suite: str,
+    outcome: dict[str, Any],
+    pages: Sequence[Path],
+) -> str:
+    """Log a validation outcome and its Data Docs pages to the session's data-quality run.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings.
+    session : str
+        ``YYYY-MM-DD``.
+    suite : str
+        Great Expectations suite name (``bars``, ``features``): the artifact folder.
+    outcome : dict
+        JSON-able summary (success, expectations, warnings, ...); logged as
+        ``<suite>/outcome.json`` and as ``<suite>.*`` tags of scalar values.
+    pages : sequence of Path
+        HTML files (the run's validation page, the Data Docs index) logged under
+        ``<suite>/data_docs/``.
+
+    Returns
+    -------
+    str
+        The run id.
+    """
+    c = client(settings)
+    run_id = session_run(settings, DATA_QUALITY_EXPERIMENT, session)
+    c.log_dict(run_id, outcome, f"{suite}/outcome.json")
+    for key, value in outcome.items():
+        if isinstance(value, bool | int | float | str):
+            c.set_tag(run_id, f"{suite}.{key}", str(value))
+    for page in pages:
+        if Path(page).is_file():
+            c.log_artifact(run_id, str(page), f"{suite}/data_docs")
+    return run_id
+
+
 __all__ = [
     "ALIAS_CHALLENGER",
     "ALIAS_CHAMPION",
@@ -178,8 +247,10 @@ __all__ = [
     "get_version",
     "latest_version_up_to",
     "load_pyfunc",
+    "log_data_quality",
     "promote",
     "registered_before",
+    "session_run",
     "set_alias",
     "tag_version",
     "version_for_session",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import SESSION, SMALL_UNIVERSE, small_env
+from tests.conftest import SESSION, SMALL_UNIVERSE
+from tests.integration.conftest import AFTERBELL
 
 pytestmark = pytest.mark.slow
-
-AFTERBELL = [sys.executable, "-m", "pipelines.cli"]
-
 
 def _run(args: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([*AFTERBELL, *args], env=env, capture_output=True, text=True,
@@ -31,16 +28,6 @@ def _tree_digest(root: Path) -> dict[str, str]:
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*")) if p.is_file()
     }
-
-
-@pytest.fixture(scope="module")
-def cycle(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path, str]:
-    home = tmp_path_factory.mktemp("e2e") / "afterbell"
-    env = {**os.environ, **small_env(home)}
-    proc = _run(["run", "--session", SESSION.isoformat()], env)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    return env, home, proc.stdout
 
 
 def test_cycle_writes_every_stage_and_summarises(cycle: tuple[dict[str, str], Path, str]) -> None:
