@@ -83,6 +83,5 @@ def closes_for(sessions: pd.Series) -> pd.Series:
         bad = sessions[out.isna().to_numpy()].iloc[0]
         raise ValueError(f"{pd.Timestamp(bad).date()} is not an NYSE session")
     # exchange_calendars' schedule is tz-aware UTC
-    return pd.Series(out.to_numpy(), index=sessions.index, name="event_timestamp").dt.tz_convert(
-        "UTC"
-    )
+    # keep the tz-aware array (to_numpy() would box every value into a Python object)
+    return pd.Series(out.array, index=sessions.index, name="event_timestamp").dt.tz_convert("UTC")

@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="ingest and validate one session's bars")
     ing.add_argument("--session", required=True)
-    ing.add_argument("--source", help="CSV or Parquet file of bars (default: the replay source)")
+    ing.add_argument(
+        "--source",
+        help="bars to ingest: a CSV/Parquet file, a drop folder, or an s3://bucket/key (or prefix/)"
+        " URI (endpoint from AFTERBELL_S3_ENDPOINT_URL); default: the replay source",
+    )
 
     srv = sub.add_parser("serve", help="serve the champion over HTTP")
     srv.add_argument("--host", default=None)

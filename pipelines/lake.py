@@ -280,12 +280,14 @@ def write_partitions(
     sessions = frame["session"].to_numpy()
     starts = np.flatnonzero(np.r_[True, sessions[1:] != sessions[:-1]])
     bounds = np.r_[starts, len(frame)]
+    # one pandas -> Arrow conversion, then zero-copy slices (the files are byte-identical to
+    # converting each session's rows on its own: no index is stored)
+    whole = _to_arrow(frame.reset_index(drop=True))
     jobs: list[tuple[pa.Table, Path]] = []
     for i in range(len(starts)):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         day = pd.Timestamp(sessions[lo]).date()
-        part = frame.iloc[lo:hi].reset_index(drop=True)
-        jobs.append((_to_arrow(part), partition_path(root, table, day)))
+        jobs.append((whole.slice(lo, hi - lo), partition_path(root, table, day)))
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
         return list(pool.map(lambda job: _write_atomic(*job), jobs))
 
