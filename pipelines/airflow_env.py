@@ -133,6 +133,11 @@ def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
         # Read by the feast CLI only (click envvar of ``feast --chdir``): plain ``feast`` works
         # from any cwd without changing what ``FeatureStore(repo_path=...)`` reads in Python.
         "FEATURE_REPO_DIR_ENV_VAR": str(settings.feature_repo),
+        # the profile's Feast config (``feast -f``) and what the production one expands
+        "FEAST_FS_YAML_FILE_PATH": str(settings.feast_yaml),
+        "AFTERBELL_PROFILE": settings.profile,
+        "AFTERBELL_FEAST_REGISTRY_URL": settings.feast_registry_url,
+        "AFTERBELL_REDIS_URL": settings.redis_url,
         "PYTHONPATH": _prefixed(str(REPO_ROOT), base.get("PYTHONPATH")),
         "PATH": _prefixed(str(_venv_bin()), base.get("PATH", os.defpath)),
     }

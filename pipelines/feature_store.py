@@ -2,13 +2,23 @@
 
 The declarative definitions live in ``feature_repo/`` (entities, sources, views, services); this
 module writes the offline tables those sources read, registers the definitions, materialises
-explicit intervals into the SQLite online store and reads features back for training (point-in-time
-join) and serving (online lookup).
+explicit intervals into the online store and reads features back for training (point-in-time join)
+and serving (online lookup).
 
-``feature_repo/feature_store.yaml`` and ``feature_repo/data_sources.py`` are parameterised by the
-``AFTERBELL_HOME`` environment variable (Feast expands ``${VARS}`` in the yaml). Every entry point
-here therefore sets ``os.environ["AFTERBELL_HOME"] = str(settings.home)`` first, overwriting a
-different value: the :class:`~pipelines.settings.Settings` passed in is the source of truth.
+Two profiles (``Settings.profile``) choose the Feast configuration file (``Settings.feast_yaml``):
+
+* ``embedded`` (default), ``feature_repo/feature_store.yaml``: file registry and SQLite online store
+  under ``$AFTERBELL_HOME/feast``;
+* ``production``, ``feature_repo/feature_store.production.yaml``: SQL registry on PostgreSQL
+  (``AFTERBELL_FEAST_REGISTRY_URL``) and Redis online store (``AFTERBELL_REDIS_URL``).
+
+Both read the offline parquet files under ``$AFTERBELL_HOME/offline``. The yaml files and
+``feature_repo/data_sources.py`` are parameterised by environment variables (Feast expands
+``${VARS}`` in the yaml, without default values). Every entry point here therefore exports
+:func:`feast_env` first (``AFTERBELL_HOME``, ``AFTERBELL_FEAST_REGISTRY_URL``,
+``AFTERBELL_REDIS_URL``), overwriting different values: the :class:`~pipelines.settings.Settings`
+passed in is the source of truth. :func:`feast_cli_args` and :func:`feast_env` give the ``feast``
+command line the same configuration.
 
 Feast is imported lazily (about 3.5 s) so that importing this module stays cheap.
 
@@ -16,9 +26,10 @@ Notes
 -----
 * Never use ``materialize_incremental``: on a view that was never materialised it starts at
   ``now - ttl``. :func:`materialize` always takes an explicit ``[start, end]``.
-* The SQLite online store overwrites unconditionally: materialising an *older* interval after a
-  newer one moves the online values back in time. Backfills must materialise oldest first (or end
-  with the most recent interval).
+* The SQLite online store (embedded) overwrites unconditionally: materialising an *older* interval
+  after a newer one moves the online values back in time. Backfills must materialise oldest first
+  (or end with the most recent interval). The Redis online store (production) keeps the row with
+  the latest event timestamp: an older (or the same) interval writes nothing there.
 * The file (dask) offline store returns nulls, not an error, for entity rows whose latest feature
   row is older than the view's TTL (14 days).
 """
@@ -31,7 +42,9 @@ import io
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType, ModuleType
@@ -146,10 +159,40 @@ def write_offline_table(settings: Settings, view: ViewName, df: pd.DataFrame) ->
 
 # ------------------------------------------------------------------------------------- store
 def get_store(settings: Settings) -> FeatureStore:
-    """Open the feature store of ``settings.home``.
+    """Open the feature store of ``settings`` in its profile.
 
-    Sets ``os.environ["AFTERBELL_HOME"] = str(settings.home)`` when it is absent or different
-    (``feature_store.yaml`` and ``data_sources.py`` read it) and creates ``settings.feast_dir``.
+    Exports :func:`feast_env` (the yaml and ``data_sources.py`` read it), creates
+    ``settings.feast_dir`` in the embedded profile, and loads ``settings.feast_yaml``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings (``home``, ``profile``; ``feast_registry_url`` and ``redis_url`` in
+        the production profile).
+
+    Returns
+    -------
+    feast.FeatureStore
+        Store configured from ``feature_repo/feature_store.yaml`` (embedded) or
+        ``feature_repo/feature_store.production.yaml`` (production).
+
+    Raises
+    ------
+    ValueError
+        If the profile is unknown or ``settings.redis_url`` is a ``redis://`` URL instead of
+        Feast's ``host:port[,db=N]`` connection string.
+    """
+    from feast import FeatureStore
+
+    yaml_file = settings.feast_yaml
+    _export_env(settings)
+    if settings.profile == "embedded":
+        settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=yaml_file)
+
+
+def feast_env(settings: Settings) -> dict[str, str]:
+    """Environment variables the Feast configuration of ``settings`` reads.
 
     Parameters
     ----------
@@ -158,14 +201,50 @@ def get_store(settings: Settings) -> FeatureStore:
 
     Returns
     -------
-    feast.FeatureStore
-        Store configured from ``settings.feature_repo / "feature_store.yaml"``.
-    """
-    from feast import FeatureStore
+    dict of str to str
+        ``AFTERBELL_HOME`` (both profiles: registry and online store paths of the embedded yaml,
+        offline paths in ``data_sources.py``), ``AFTERBELL_FEAST_REGISTRY_URL`` and
+        ``AFTERBELL_REDIS_URL`` (production yaml). Merge it over ``os.environ`` to run the
+        ``feast`` CLI.
 
-    _export_home(settings)
-    settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(repo_path=str(settings.feature_repo))
+    Raises
+    ------
+    ValueError
+        If ``settings.redis_url`` is a URL (``redis://...``) rather than Feast's connection string.
+    """
+    redis = settings.redis_url.strip()
+    if "://" in redis:
+        raise ValueError(
+            f"AFTERBELL_REDIS_URL {redis!r} must be Feast's Redis connection string "
+            "host:port[,db=N][,password=...], not a URL (e.g. 127.0.0.1:6379,db=0)"
+        )
+    return {
+        "AFTERBELL_HOME": str(settings.home),
+        "AFTERBELL_FEAST_REGISTRY_URL": settings.feast_registry_url,
+        "AFTERBELL_REDIS_URL": redis,
+    }
+
+
+def feast_cli_args(settings: Settings) -> tuple[str, ...]:
+    """Global options of the ``feast`` CLI for the repo and profile of ``settings``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Installation settings.
+
+    Returns
+    -------
+    tuple of str
+        ``("--chdir", <feature_repo>, "--feature-store-yaml", <settings.feast_yaml>)``: run
+        ``feast *feast_cli_args(s) plan`` with :func:`feast_env` merged over the environment.
+    """
+    return (
+        "--chdir",
+        str(settings.feature_repo),
+        "--feature-store-yaml",
+        str(settings.feast_yaml),
+    )
 
 
 def load_definitions(settings: Settings) -> list[Any]:
@@ -190,7 +269,7 @@ def load_definitions(settings: Settings) -> list[Any]:
     from feast.data_source import DataSource
     from feast.repo_operations import get_repo_files
 
-    _export_home(settings)
+    _export_env(settings)
     kinds = (DataSource, Entity, FeatureView, FeatureService)
     objects: list[Any] = []
     repo = settings.feature_repo.resolve()
@@ -232,11 +311,53 @@ def apply_repo(settings: Settings) -> None:
     with _quiet():
         store.apply(objects, objects_to_delete=stale, partial=not stale)
     log.info(
-        "feast apply: %d objects registered, %d removed (%s)",
+        "feast apply: %d objects registered, %d removed (%s profile, %s)",
         len(objects),
         len(stale),
-        settings.feast_dir,
+        settings.profile,
+        settings.feast_yaml.name,
     )
+
+
+@dataclass(frozen=True)
+class MaterializeReport:
+    """What one :func:`materialize` call loaded into the online store.
+
+    Parameters
+    ----------
+    start, end : datetime
+        The interval (UTC, both inclusive).
+    rows : Mapping[str, int]
+        Per feature view, the rows handed to the online store: Feast materialises the latest row
+        per symbol inside the interval, so this is the number of symbols with at least one
+        offline row in ``[start, end]`` (the SQLite store writes all of them; Redis skips a row
+        that is not newer than the one it holds).
+    seconds : float
+        Wall-clock time of Feast's materialisation (excluding opening the store and counting).
+    profile : str
+        Settings profile (``embedded``: SQLite, ``production``: Redis).
+    """
+
+    start: datetime
+    end: datetime
+    rows: Mapping[str, int]
+    seconds: float
+    profile: str
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """Feature views materialised, in order."""
+        return tuple(self.rows)
+
+    @property
+    def total_rows(self) -> int:
+        """Rows handed to the online store over every view."""
+        return sum(self.rows.values())
+
+    @property
+    def rows_per_second(self) -> float:
+        """``total_rows / seconds`` (``inf`` if the call took no measurable time)."""
+        return self.total_rows / self.seconds if self.seconds > 0 else float("inf")
 
 
 def materialize(
@@ -244,11 +365,13 @@ def materialize(
     start: datetime,
     end: datetime,
     views: Sequence[str] | None = None,
-) -> None:
+) -> MaterializeReport:
     """Load the rows with ``start <= event_timestamp <= end`` into the online store.
 
-    The latest row per symbol in the interval overwrites the online value (unconditionally: see
-    the module notes about materialising older intervals).
+    This is the interval-keyed task of a run: callers pass the run's data interval, never
+    "everything since the last run" (``materialize_incremental`` is never used). The latest row
+    per symbol in the interval becomes the online value (see the module notes about
+    materialising older intervals).
 
     Parameters
     ----------
@@ -258,6 +381,11 @@ def materialize(
         Interval bounds; naive datetimes are taken as UTC.
     views : sequence of str, optional
         Feature views to materialise (default: all three).
+
+    Returns
+    -------
+    MaterializeReport
+        Interval, rows handed to the online store per view, and the time it took.
 
     Raises
     ------
@@ -271,9 +399,27 @@ def materialize(
     for view in selected:
         _check_view(view)
     store = get_store(settings)
+    rows = {v: _latest_rows_in(store, v, start_utc, end_utc) for v in selected}
+    t0 = time.perf_counter()
     with _quiet():
         store.materialize(start_date=start_utc, end_date=end_utc, feature_views=selected)
-    log.info("materialised %s over [%s, %s]", ", ".join(selected), start_utc, end_utc)
+    seconds = time.perf_counter() - t0
+    log.info(
+        "materialised %s over [%s, %s]: %d rows in %.2fs (%s)",
+        ", ".join(selected),
+        start_utc,
+        end_utc,
+        sum(rows.values()),
+        seconds,
+        settings.profile,
+    )
+    return MaterializeReport(
+        start=start_utc,
+        end=end_utc,
+        rows=MappingProxyType(rows),
+        seconds=seconds,
+        profile=settings.profile,
+    )
 
 
 def historical_features(
@@ -328,6 +474,7 @@ def historical_features(
     if engine == "asof":
         return _asof_join(store, entity_df, features)
     refs: Any = store.get_feature_service(features) if isinstance(features, str) else list(features)
+    integers = _integer_features(store, _requested(store, features))
     frame = entity_df.reset_index(drop=True).copy()
     frame[TIMESTAMP_COLUMN] = _to_utc(frame[TIMESTAMP_COLUMN])
     frame[_ROW_ID] = range(len(frame))
@@ -337,10 +484,13 @@ def historical_features(
     # rest in its own order: put every entity row back, in order, with nulls where unmatched.
     feature_cols = [c for c in joined.columns if c not in frame.columns]
     out = frame.merge(joined[[_ROW_ID, *feature_cols]], on=_ROW_ID, how="left", validate="1:1")
+    # Integer features come back as float64 when Feast itself returns nulls and as int64 when it
+    # drops the unmatched rows instead: settle on int64, or Int64 where there are nulls (the
+    # dtypes of the asof engine).
     for col in feature_cols:
-        dtype = joined[col].dtype
-        if pd.api.types.is_integer_dtype(dtype) and out[col].dtype != dtype:
-            out[col] = out[col].astype(pd.Int64Dtype())
+        if col in integers:
+            nullable = bool(out[col].isna().any())
+            out[col] = out[col].astype(pd.Int64Dtype() if nullable else "int64")
     return out.drop(columns=_ROW_ID).reset_index(drop=True)
 
 
@@ -409,21 +559,7 @@ def _asof_join(
     """Point-in-time join with ``pandas.merge_asof``, driven by the registered definitions."""
     import pyarrow.parquet as pq
 
-    wanted: dict[str, list[str]] = {}
-    if isinstance(features, str):
-        for proj in store.get_feature_service(features).feature_view_projections:
-            wanted.setdefault(proj.name, []).extend(f.name for f in proj.features)
-    else:
-        for ref in features:
-            view, sep, feature = ref.partition(":")
-            if not sep or not feature:
-                raise ValueError(f"feature reference {ref!r} is not 'view:feature'")
-            wanted.setdefault(view, []).append(feature)
-    names = [f for fs_ in wanted.values() for f in fs_]
-    dupes = sorted({f for f in names if names.count(f) > 1})
-    if dupes:
-        raise ValueError(f"features {dupes} are requested from more than one view")
-
+    wanted = _requested(store, features)
     frame = entity_df.reset_index(drop=True).copy()
     frame[TIMESTAMP_COLUMN] = _to_utc(frame[TIMESTAMP_COLUMN])
     frame[_ROW_ID] = range(len(frame))
@@ -462,15 +598,62 @@ def _asof_join(
     return out.drop(columns=_ROW_ID).reset_index(drop=True)
 
 
+def _latest_rows_in(store: FeatureStore, view: str, start: datetime, end: datetime) -> int:
+    """Symbols with an offline row of ``view`` in ``[start, end]`` (what materialising writes)."""
+    import pyarrow.dataset as ds
+
+    fv: Any = store.get_feature_view(view)
+    ts_field = fv.batch_source.timestamp_field
+    path = Path(fv.batch_source.path)
+    if not path.exists():
+        return 0
+    table = ds.dataset(path, format="parquet").to_table(columns=[ENTITY_KEY, ts_field])
+    ts = _to_utc(table.column(ts_field).to_pandas())
+    inside = (ts >= pd.Timestamp(start)) & (ts <= pd.Timestamp(end))
+    symbols = table.column(ENTITY_KEY).to_pandas()[inside.to_numpy()]
+    return int(symbols.nunique())
+
+
+def _requested(store: FeatureStore, features: Sequence[str] | str) -> dict[str, list[str]]:
+    """Features asked for, per view: ``"view:feature"`` references or a feature service name."""
+    wanted: dict[str, list[str]] = {}
+    if isinstance(features, str):
+        for proj in store.get_feature_service(features).feature_view_projections:
+            wanted.setdefault(proj.name, []).extend(f.name for f in proj.features)
+    else:
+        for ref in features:
+            view, sep, feature = ref.partition(":")
+            if not sep or not feature:
+                raise ValueError(f"feature reference {ref!r} is not 'view:feature'")
+            wanted.setdefault(view, []).append(feature)
+    names = [f for fs_ in wanted.values() for f in fs_]
+    dupes = sorted({f for f in names if names.count(f) > 1})
+    if dupes:
+        raise ValueError(f"features {dupes} are requested from more than one view")
+    return wanted
+
+
+def _integer_features(store: FeatureStore, wanted: Mapping[str, Sequence[str]]) -> set[str]:
+    """Requested features whose registered type is an integer (``Int32``/``Int64``)."""
+    from feast.types import Int32, Int64
+
+    out: set[str] = set()
+    for view, cols in wanted.items():
+        for field in store.get_feature_view(view).features:
+            if field.name in cols and field.dtype in (Int32, Int64):
+                out.add(field.name)
+    return out
+
+
 def _check_view(view: str) -> None:
     if view not in VIEW_COLUMNS:
         raise ValueError(f"unknown feature view {view!r}; known: {', '.join(VIEW_COLUMNS)}")
 
 
-def _export_home(settings: Settings) -> None:
-    home = str(settings.home)
-    if os.environ.get("AFTERBELL_HOME") != home:
-        os.environ["AFTERBELL_HOME"] = home
+def _export_env(settings: Settings) -> None:
+    for key, value in feast_env(settings).items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _as_utc(value: datetime) -> datetime:

@@ -19,14 +19,21 @@ Environment knobs (all optional)::
     AFTERBELL_MLFLOW_URI      MLflow tracking URI     (sqlite:///$AFTERBELL_HOME/mlflow/mlflow.db)
     AFTERBELL_SERVE_HOST, AFTERBELL_SERVE_PORT                           (127.0.0.1, 8000)
     AFTERBELL_MAX_TRAIN_ROWS  cap on training windows, most recent kept (0: none)     (0)
+    AFTERBELL_FEAST_REGISTRY_URL   Feast SQL registry of the production profile (SQLAlchemy URL)
+                              (postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_feast)
+    AFTERBELL_REDIS_URL       Feast Redis online store of the production profile, in Feast's
+                              connection-string format ``host:port[,db=N][,password=...]``
+                              (127.0.0.1:6379)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
+from types import MappingProxyType
 
 #: Root of the checkout (the folder holding ``dags/``, ``feature_repo/``, ``pipelines/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +56,19 @@ ALIAS_PREVIOUS = "previous"
 #: Columns of the LSTM input window, oldest session first (the ``seq`` feature is row-major
 #: lookback x len(WINDOW_COLUMNS)).
 WINDOW_COLUMNS: tuple[str, ...] = ("ret_1", "rv_5", "rv_22", "garch_vol", "garch_forecast")
+
+#: Deployment profiles: ``embedded`` (SQLite everywhere, no service) and ``production``
+#: (PostgreSQL / Redis services). The profile picks, among others, the Feast configuration file.
+PROFILES: tuple[str, ...] = ("embedded", "production")
+
+#: Feast configuration file of each profile, in ``feature_repo/``.
+FEAST_YAML_FILES: Mapping[str, str] = MappingProxyType(
+    {"embedded": "feature_store.yaml", "production": "feature_store.production.yaml"}
+)
+
+#: Local defaults of the production Feast services (the machine's PostgreSQL and Redis).
+DEFAULT_FEAST_REGISTRY_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_feast"
+DEFAULT_REDIS_URL = "127.0.0.1:6379"
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,10 @@ class Settings:
     mlflow_uri: str = ""
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
+    #: SQLAlchemy URL of Feast's SQL registry (production profile only).
+    feast_registry_url: str = DEFAULT_FEAST_REGISTRY_URL
+    #: Feast Redis connection string ``host:port[,db=N][,password=...]`` (production only).
+    redis_url: str = DEFAULT_REDIS_URL
 
     # ----------------------------------------------------------------------------- paths
     @property
@@ -135,6 +159,23 @@ class Settings:
         return REPO_ROOT / "feature_repo"
 
     @property
+    def feast_yaml(self) -> Path:
+        """Feast configuration file of the profile, in ``feature_repo/``.
+
+        Raises
+        ------
+        ValueError
+            If :attr:`profile` is not one of :data:`PROFILES`.
+        """
+        try:
+            name = FEAST_YAML_FILES[self.profile]
+        except KeyError:
+            raise ValueError(
+                f"unknown profile {self.profile!r}; known: {', '.join(PROFILES)}"
+            ) from None
+        return self.feature_repo / name
+
+    @property
     def dags_dir(self) -> Path:
         return REPO_ROOT / "dags"
 
@@ -168,9 +209,14 @@ class Settings:
             max_train_rows=_int(env, "AFTERBELL_MAX_TRAIN_ROWS", TrainConfig.max_train_rows),
         )
         session = env.get("AFTERBELL_SESSION")
+        profile = env.get("AFTERBELL_PROFILE") or "embedded"
+        if profile not in PROFILES:
+            raise ValueError(
+                f"AFTERBELL_PROFILE must be one of {', '.join(PROFILES)}, got {profile!r}"
+            )
         return cls(
             home=home,
-            profile=env.get("AFTERBELL_PROFILE", "embedded"),
+            profile=profile,
             universe=symbols or DEFAULT_UNIVERSE,
             history_years=_int(env, "AFTERBELL_HISTORY_YEARS", 10),
             default_session=date.fromisoformat(session) if session else date(2018, 12, 31),
@@ -180,6 +226,9 @@ class Settings:
             mlflow_uri=env.get("AFTERBELL_MLFLOW_URI", ""),
             serve_host=env.get("AFTERBELL_SERVE_HOST", "127.0.0.1"),
             serve_port=_int(env, "AFTERBELL_SERVE_PORT", 8000),
+            feast_registry_url=env.get("AFTERBELL_FEAST_REGISTRY_URL")
+            or DEFAULT_FEAST_REGISTRY_URL,
+            redis_url=env.get("AFTERBELL_REDIS_URL") or DEFAULT_REDIS_URL,
         )
 
 

@@ -437,7 +437,7 @@ def build_feature_tables(session: str, settings: Settings | None = None) -> Summ
     })
 
 
-def _materialize_session(s: Settings, d: date) -> tuple[pd.Timestamp, pd.Timestamp]:
+def _materialize_session(s: Settings, d: date) -> tuple[pd.Timestamp, pd.Timestamp, Any]:
     """Materialise the interval that ends at the session's close (a week back, so a symbol whose
     last bar is a few sessions old still has its latest value online)."""
     from pipelines import feature_store
@@ -446,16 +446,19 @@ def _materialize_session(s: Settings, d: date) -> tuple[pd.Timestamp, pd.Timesta
     start = calendar.session_open(start_session)
     end = calendar.session_close(d)
     feature_store.apply_repo(s)
-    feature_store.materialize(s, start.to_pydatetime(), end.to_pydatetime())
-    return start, end
+    report = feature_store.materialize(s, start.to_pydatetime(), end.to_pydatetime())
+    log.info("materialise %s: %d rows into the %s online store in %.2fs (%.0f rows/s)", d,
+             report.total_rows, s.profile, report.seconds, report.rows_per_second)
+    return start, end, report
 
 
 def materialize(session: str, settings: Settings | None = None) -> Summary:
     """Register the Feast definitions and materialise the session's interval online."""
     d, s = _setup(session, settings)
-    start, end = _materialize_session(s, d)
+    start, end, report = _materialize_session(s, d)
     return _run_record(s, d, "materialize", {
         "session": d.isoformat(), "start": start.isoformat(), "end": end.isoformat(),
+        "rows": dict(sorted(report.rows.items())),
     })
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,17 @@ import pytest
 from pipelines import feature_store as fs
 from pipelines.calendar import closes_for, sessions_between
 from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS
-from pipelines.settings import WINDOW_COLUMNS, Settings
+from pipelines.settings import (
+    DEFAULT_FEAST_REGISTRY_URL,
+    DEFAULT_REDIS_URL,
+    WINDOW_COLUMNS,
+    Settings,
+)
 
 SYMBOLS = ("AAPL", "MSFT", "SPX")
 WITH_DATA = ("AAPL", "MSFT")
 LOOKBACK = 4
+ENV_KEYS = ("AFTERBELL_HOME", "AFTERBELL_FEAST_REGISTRY_URL", "AFTERBELL_REDIS_URL")
 
 
 def _tables() -> dict[str, pd.DataFrame]:
@@ -44,11 +51,12 @@ class Ctx:
     settings: Settings
     tables: dict[str, pd.DataFrame]
     cli: subprocess.Popen[str]
+    report: fs.MaterializeReport
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
-    saved = os.environ.get("AFTERBELL_HOME")
+    saved = {k: os.environ.get(k) for k in ENV_KEYS}
     settings = Settings(home=tmp_path_factory.mktemp("home"), universe=SYMBOLS)
     tables = _tables()
     for view, df in tables.items():
@@ -70,15 +78,16 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
     fs.apply_repo(settings)  # idempotent
     start = tables["market_features"]["event_timestamp"].min().to_pydatetime()
     end = tables["market_features"]["event_timestamp"].max().to_pydatetime()
-    fs.materialize(settings, start, end)
-    yield Ctx(settings, tables, cli)
+    report = fs.materialize(settings, start, end)
+    yield Ctx(settings, tables, cli, report)
     if cli.poll() is None:
         cli.kill()
         cli.communicate()
-    if saved is None:
-        os.environ.pop("AFTERBELL_HOME", None)
-    else:
-        os.environ["AFTERBELL_HOME"] = saved
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def test_write_offline_table_is_atomic_and_typed(tmp_path: Path) -> None:
@@ -159,6 +168,9 @@ def test_historical_join_is_point_in_time(ctx: Ctx, engine: str) -> None:
     msft_last = market[market["symbol"] == "MSFT"].iloc[-1]
     assert out.loc[2, "rv_22"] == pytest.approx(msft_last["rv_22"])
     assert pd.isna(out.loc[3, "rv_22"]) and pd.isna(out.loc[4, "rv_22"])
+    assert str(out["asof"].dtype) == "Int64"  # integer feature with nulls, in both engines
+    matched_only = fs.historical_features(settings, entity.iloc[:3], refs, engine=engine)  # type: ignore[arg-type]
+    assert matched_only["asof"].dtype == np.int64
     # no feature timestamp is ever later than its entity timestamp
     matched = out.dropna(subset=["asof"])
     assert (matched["asof"] <= matched["event_timestamp"].astype("int64") // 10**9).all()
@@ -189,3 +201,93 @@ def test_feast_cli_lists_the_views(ctx: Ctx) -> None:
     assert ctx.cli.returncode == 0, err
     for view in ("market_features", "garch_features", "lstm_window"):
         assert view in out
+
+
+def test_materialize_reports_rows_per_view(ctx: Ctx) -> None:
+    report = ctx.report
+    assert report.profile == "embedded"
+    assert report.views == ("market_features", "garch_features", "lstm_window")
+    # the latest row of each symbol with data in the interval; SPX has none
+    assert dict(report.rows) == dict.fromkeys(report.views, len(WITH_DATA))
+    assert report.total_rows == 3 * len(WITH_DATA)
+    assert report.seconds > 0 and report.rows_per_second == report.total_rows / report.seconds
+    first = ctx.tables["market_features"]["event_timestamp"].min().to_pydatetime()
+    empty = fs.materialize(ctx.settings, first - timedelta(days=30), first - timedelta(days=1))
+    assert dict(empty.rows) == dict.fromkeys(report.views, 0)
+    one = fs.materialize(ctx.settings, first, first, views=["garch_features"])
+    assert dict(one.rows) == {"garch_features": len(WITH_DATA)}
+    with pytest.raises(ValueError, match="after end"):
+        fs.materialize(ctx.settings, first, first - timedelta(seconds=1))
+
+
+def test_profiles_choose_the_feast_configuration(tmp_path: Path) -> None:
+    embedded = Settings(home=tmp_path)
+    assert embedded.feast_yaml == embedded.feature_repo / "feature_store.yaml"
+    production = embedded.with_(
+        profile="production",
+        feast_registry_url="postgresql+psycopg://u@db.example:5432/reg",
+        redis_url="redis.example:6380,db=2",
+    )
+    assert production.feast_yaml == embedded.feature_repo / "feature_store.production.yaml"
+    assert production.feast_yaml.is_file()
+    assert fs.feast_env(production) == {
+        "AFTERBELL_HOME": str(tmp_path),
+        "AFTERBELL_FEAST_REGISTRY_URL": "postgresql+psycopg://u@db.example:5432/reg",
+        "AFTERBELL_REDIS_URL": "redis.example:6380,db=2",
+    }
+    assert fs.feast_cli_args(production) == (
+        "--chdir",
+        str(production.feature_repo),
+        "--feature-store-yaml",
+        str(production.feast_yaml),
+    )
+    with pytest.raises(ValueError, match="unknown profile 'cloud'"):
+        _ = embedded.with_(profile="cloud").feast_yaml
+    with pytest.raises(ValueError, match="not a URL"):
+        fs.feast_env(embedded.with_(redis_url="redis://127.0.0.1:6379/0"))
+
+
+def test_production_store_is_configured_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    settings = Settings(
+        home=tmp_path,
+        profile="production",
+        feast_registry_url="postgresql+psycopg://u@db.example:5432/reg",
+        redis_url="redis.example:6380,db=2",
+    )
+    store = fs.get_store(settings)  # reads the yaml only: nothing is contacted yet
+    assert store.config.registry.registry_type == "sql"
+    assert store.config.registry.path == "postgresql+psycopg://u@db.example:5432/reg"
+    assert store.config.online_store.type == "redis"
+    assert store.config.online_store.connection_string == "redis.example:6380,db=2"
+    assert store.config.offline_store.type == "file"
+    assert os.environ["AFTERBELL_HOME"] == str(tmp_path)
+    assert not settings.feast_dir.exists()  # no embedded registry on the side
+    embedded = fs.get_store(settings.with_(profile="embedded"))
+    assert embedded.config.online_store.type == "sqlite"
+    assert Path(embedded.config.online_store.path) == settings.feast_dir / "online.db"
+
+
+def test_settings_read_the_profile_and_services_from_the_environment() -> None:
+    defaults = Settings.from_env({"AFTERBELL_HOME": "/tmp/x"})
+    assert defaults.profile == "embedded"
+    assert defaults.feast_registry_url == DEFAULT_FEAST_REGISTRY_URL
+    assert defaults.redis_url == DEFAULT_REDIS_URL
+    prod = Settings.from_env(
+        {
+            "AFTERBELL_HOME": "/tmp/x",
+            "AFTERBELL_PROFILE": "production",
+            "AFTERBELL_FEAST_REGISTRY_URL": "postgresql+psycopg://a@b:1/c",
+            "AFTERBELL_REDIS_URL": "b:2,db=3",
+        }
+    )
+    assert (prod.profile, prod.feast_registry_url, prod.redis_url) == (
+        "production",
+        "postgresql+psycopg://a@b:1/c",
+        "b:2,db=3",
+    )
+    with pytest.raises(ValueError, match="AFTERBELL_PROFILE must be one of embedded, production"):
+        Settings.from_env({"AFTERBELL_PROFILE": "prod"})

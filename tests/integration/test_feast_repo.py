@@ -1,0 +1,248 @@
+"""``feast plan`` / ``feast apply`` on ``feature_repo/`` with the real CLI, in both profiles.
+
+The embedded profile needs nothing running. The production profile (tests marked ``services``)
+runs against the machine's PostgreSQL (a database created for the test and dropped after it) and
+Redis (a dedicated database index; only the keys of the test's own symbols are written and
+deleted, nothing is flushed). Where PostgreSQL or Redis cannot be reached those tests are
+skipped, unless ``AFTERBELL_REQUIRE_SERVICES=1`` makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import feature_store as fs
+from pipelines.calendar import closes_for, sessions_between
+from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS
+from pipelines.settings import WINDOW_COLUMNS, Settings
+
+VIEWS = ("market_features", "garch_features", "lstm_window")
+LOOKBACK = 4
+PG_ADMIN_URL = os.environ.get(
+    "AFTERBELL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: Redis database index of these tests (not 0): keys are namespaced further by unique symbols.
+REDIS_DB = int(os.environ.get("AFTERBELL_TEST_REDIS_DB", "13"))
+#: Words that must not appear in the CLI's output.
+TROUBLE = re.compile(r"traceback|error|exception", re.IGNORECASE)
+ENV_KEYS = ("AFTERBELL_HOME", "AFTERBELL_FEAST_REGISTRY_URL", "AFTERBELL_REDIS_URL")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _tables(symbols: tuple[str, ...]) -> dict[fs.ViewName, pd.DataFrame]:
+    """Small offline tables (about 30 sessions) for ``symbols``."""
+    rng = np.random.default_rng(5)
+    sessions = pd.to_datetime(sessions_between("2018-11-15", "2018-12-31"))
+    keys = pd.MultiIndex.from_product([symbols, sessions], names=["symbol", "session"])
+    base = keys.to_frame(index=False)
+    base["event_timestamp"] = closes_for(base["session"]).to_numpy()
+    n = len(base)
+    market = base.assign(**{c: rng.normal(size=n) for c in FEATURE_COLUMNS})
+    garch = base.assign(**{c: rng.uniform(0.1, 0.5, size=n) for c in GARCH_COLUMNS})
+    window = base.copy()
+    window["seq"] = list(rng.normal(size=(n, LOOKBACK * len(WINDOW_COLUMNS))))
+    window["asof"] = base["event_timestamp"].astype("int64") // 10**9
+    return {"market_features": market, "garch_features": garch, "lstm_window": window}
+
+
+def _write_tables(settings: Settings, tables: dict[fs.ViewName, pd.DataFrame]) -> None:
+    for view, table in tables.items():
+        fs.write_offline_table(settings, view, table)
+
+
+def _feast(settings: Settings, *args: str) -> str:
+    """Run ``feast <args>`` for the profile of ``settings``; return its output, checked clean."""
+    exe = shutil.which("feast", path=str(Path(sys.executable).parent)) or "feast"
+    env = {**os.environ, **fs.feast_env(settings)}
+    for key in ("FEAST_FS_YAML_FILE_PATH", "FEATURE_REPO_DIR_ENV_VAR"):
+        env.pop(key, None)  # the command line names the repo and the yaml
+    cmd = [exe, *fs.feast_cli_args(settings), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{output}"
+    bad = [line for line in output.splitlines() if TROUBLE.search(line)]
+    assert not bad, f"{' '.join(cmd)} reported problems:\n{output}"
+    return output
+
+
+def _assert_plans_the_repo(output: str) -> None:
+    for view in VIEWS:
+        assert f"feature view {view}" in output, output
+    assert "entity symbol" in output and "feature service garch_lstm_v1" in output, output
+
+
+@pytest.fixture
+def env_restored() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ENV_KEYS}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+# ----------------------------------------------------------------------------------- embedded
+def test_feast_plan_and_apply_embedded(tmp_path: Path, env_restored: None) -> None:
+    settings = Settings(home=tmp_path / "home")
+    assert settings.feast_yaml.name == "feature_store.yaml"
+    _write_tables(settings, _tables(("AAPL", "MSFT")))
+
+    _assert_plans_the_repo(_feast(settings, "plan"))
+    assert fs.get_store(settings).list_feature_views() == []  # plan registers nothing
+    _feast(settings, "apply")
+    assert (settings.feast_dir / "registry.db").is_file()
+    store = fs.get_store(settings)
+    assert sorted(v.name for v in store.list_feature_views()) == sorted(VIEWS)
+    source = store.get_feature_view("lstm_window").batch_source
+    assert Path(source.path) == fs.offline_path(settings, "lstm_window")
+
+
+# --------------------------------------------------------------------------------- production
+def _unreachable(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable: {exc}"
+    if os.environ.get("AFTERBELL_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the SQL registry; yields its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"afterbell_feast_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        _unreachable("PostgreSQL", exc)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+            yield f"{base}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass(frozen=True)
+class RedisSpace:
+    client: Any
+    connection_string: str
+    symbols: tuple[str, ...]
+
+    def keys(self) -> list[bytes]:
+        """Keys of this test's symbols (their serialised entity keys hold the symbol text)."""
+        return [k for s in self.symbols for k in self.client.scan_iter(match=f"*{s}*".encode())]
+
+
+@pytest.fixture
+def redis_space() -> Iterator[RedisSpace]:
+    """A Redis database index and symbols no one else uses; their keys are deleted after."""
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        _unreachable("Redis", exc)
+    tag = uuid.uuid4().hex[:8].upper()
+    space = RedisSpace(
+        client=client,
+        connection_string=f"{REDIS_HOST}:{REDIS_PORT},db={REDIS_DB}",
+        symbols=(f"T{tag}A", f"T{tag}B", f"T{tag}C"),  # the last one gets no feature rows
+    )
+    try:
+        yield space
+    finally:
+        keys = space.keys()
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def _registry_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Names (and version history) of what the SQL registry holds."""
+    import psycopg
+
+    queries = {
+        "entities": "SELECT entity_name FROM entities",
+        "data_sources": "SELECT data_source_name FROM data_sources",
+        "feature_views": "SELECT feature_view_name FROM feature_views",
+        "feature_services": "SELECT feature_service_name FROM feature_services",
+        "versions": "SELECT feature_view_name, version_number FROM feature_view_version_history",
+    }
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        return {k: sorted(conn.execute(q).fetchall()) for k, q in queries.items()}
+
+
+@pytest.mark.services
+def test_feast_plan_apply_materialize_online_production(
+    tmp_path: Path, env_restored: None, pg_database: str, redis_space: RedisSpace
+) -> None:
+    settings = Settings(
+        home=tmp_path / "home",
+        profile="production",
+        feast_registry_url=pg_database,
+        redis_url=redis_space.connection_string,
+    )
+    assert settings.feast_yaml.name == "feature_store.production.yaml"
+    with_data = redis_space.symbols[:2]
+    tables = _tables(with_data)
+    _write_tables(settings, tables)
+
+    _assert_plans_the_repo(_feast(settings, "plan"))
+    assert _registry_rows(pg_database)["feature_views"] == []  # plan changes nothing
+    _feast(settings, "apply")
+    first = _registry_rows(pg_database)
+    assert first["feature_views"] == sorted((v,) for v in VIEWS)
+    assert first["feature_services"] == [("garch_lstm_v1",)]
+    _feast(settings, "apply")  # idempotent: same objects, no new versions
+    assert _registry_rows(pg_database) == first
+    assert "No changes to registry" in _feast(settings, "plan")
+    assert not (settings.feast_dir / "registry.db").exists()  # nothing embedded on the side
+
+    # The Python path on the same registry, then Redis.
+    fs.apply_repo(settings)
+    assert _registry_rows(pg_database) == first
+    start: datetime = tables["market_features"]["event_timestamp"].min().to_pydatetime()
+    end: datetime = tables["market_features"]["event_timestamp"].max().to_pydatetime()
+    report = fs.materialize(settings, start, end)
+    assert report.profile == "production"
+    assert dict(report.rows) == {v: len(with_data) for v in VIEWS}
+    assert report.total_rows == 3 * len(with_data) and report.rows_per_second > 0
+    keys = redis_space.keys()
+    assert len(keys) == len(with_data)  # one hash per symbol, every view's fields in it
+    for view in VIEWS:  # a timestamp field per view and symbol: what the report counted
+        written = sum(redis_space.client.hexists(k, f"_ts:{view}") for k in keys)
+        assert written == report.rows[view], view
+
+    rows = fs.online_features(settings, list(redis_space.symbols))
+    last = {v: t.sort_values("event_timestamp").groupby("symbol").last() for v, t in tables.items()}
+    for sym in with_data:
+        np.testing.assert_allclose(rows[sym]["seq"], last["lstm_window"].loc[sym, "seq"])
+        assert rows[sym]["asof"] == last["lstm_window"].loc[sym, "asof"]
+        expected = last["garch_features"].loc[sym, "garch_forecast"]
+        assert rows[sym]["garch_forecast"] == pytest.approx(expected)
+        assert rows[sym]["rv_22"] == pytest.approx(last["market_features"].loc[sym, "rv_22"])
+    assert fs.missing_symbols(rows) == [redis_space.symbols[2]]
+
+    # An older interval does not move Redis back in time (it keeps the latest event).
+    fs.materialize(settings, start, start)
+    again = fs.online_features(settings, list(with_data), features=["lstm_window:asof"])
+    assert {s: again[s]["asof"] for s in with_data} == {s: rows[s]["asof"] for s in with_data}
