@@ -152,7 +152,7 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
     runs = settings.runs_dir / f"session={session}"
     ing, val = _read(runs / "ingest.json"), _read(runs / "validation.json")
     heavy, pre = _read(runs / "heavy_training.json"), _read(runs / "pre_market.json")
-    plan = _read(runs / "plan_training.json")
+    plan, feats = _read(runs / "plan_training.json"), _read(runs / "features.json")
     champion = registry.alias_version(settings, ALIAS_CHAMPION)
     lines = [
         "",
@@ -161,8 +161,10 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
         "=" * 72,
         f"symbols          {ing.get('symbols', '?')} ingested ({len(settings.universe)} in the "
         f"universe); lake history from {ing.get('history_start', '?')}",
-        f"data quality     {ing.get('data_quality', 'unknown')} "
-        f"({ing.get('expectations', '?')} expectations)",
+        f"data quality     bars {ing.get('data_quality', 'unknown')} "
+        f"({ing.get('expectations', '?')} expectations, {ing.get('n_warnings', 0)} warnings); "
+        f"features {feats.get('data_quality', 'unknown')} "
+        f"({feats.get('expectations', '?')} expectations, {feats.get('n_warnings', 0)} warnings)",
     ]
     if plan and not plan.get("run", True):
         lines.append(f"heavy training   skipped: {plan['reason']}")

@@ -371,6 +371,28 @@ class BarCheck:
     when: str | None = None
 
 
+def _key_type_checks() -> list[BarCheck]:
+    """The type checks of the key columns shared by both suites.
+
+    Returns
+    -------
+    list[BarCheck]
+        ``symbol`` holds ``str``, then ``session`` is ``datetime64[ns]``.
+    """
+    return [
+        BarCheck(
+            "expect_column_values_to_be_in_type_list",
+            {"column": "symbol", "type_list": ["str"]},
+            "symbol is str",
+        ),
+        BarCheck(
+            "expect_column_type_to_be",
+            {"column": "session", "type_": "datetime64[ns]"},
+            "session is datetime64[ns]",
+        ),
+    ]
+
+
 def bar_checks(rules: BarRules | None = None) -> list[BarCheck]:
     """The ``bars`` suite, in the order failures are reported.
 
@@ -393,16 +415,7 @@ def bar_checks(rules: BarRules | None = None) -> list[BarCheck]:
             {"column_list": table_columns},
             "columns == " + ", ".join(BAR_COLUMNS) + " (+ derived)",
         ),
-        BarCheck(
-            "expect_column_values_to_be_in_type_list",
-            {"column": "symbol", "type_list": ["str"]},
-            "symbol is str",
-        ),
-        BarCheck(
-            "expect_column_type_to_be",
-            {"column": "session", "type_": "datetime64[ns]"},
-            "session is datetime64[ns]",
-        ),
+        *_key_type_checks(),
     ]
     checks += [
         BarCheck("expect_column_type_to_be", {"column": c, "type_": "float64"}, f"{c} is float64")
@@ -540,16 +553,7 @@ def feature_checks(
             },
             "columns include " + ", ".join([*FEATURE_KEY_COLUMNS, *cols]),
         ),
-        BarCheck(
-            "expect_column_values_to_be_in_type_list",
-            {"column": "symbol", "type_list": ["str"]},
-            "symbol is str",
-        ),
-        BarCheck(
-            "expect_column_type_to_be",
-            {"column": "session", "type_": "datetime64[ns]"},
-            "session is datetime64[ns]",
-        ),
+        *_key_type_checks(),
         BarCheck(
             "expect_column_type_to_be",
             {"column": "event_timestamp", "type_": "datetime64[ns, UTC]"},

@@ -26,9 +26,8 @@ import pandas as pd
 import pytest
 
 from pipelines import feature_store as fs
-from pipelines.calendar import closes_for, sessions_between
-from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS
-from pipelines.settings import WINDOW_COLUMNS, Settings
+from pipelines.settings import Settings
+from tests.feast_tables import offline_tables, restored_environ
 
 VIEWS = ("market_features", "garch_features", "lstm_window")
 LOOKBACK = 4
@@ -46,18 +45,7 @@ ENV_KEYS = ("AFTERBELL_HOME", "AFTERBELL_FEAST_REGISTRY_URL", "AFTERBELL_REDIS_U
 # ------------------------------------------------------------------------------------ helpers
 def _tables(symbols: tuple[str, ...]) -> dict[fs.ViewName, pd.DataFrame]:
     """Small offline tables (about 30 sessions) for ``symbols``."""
-    rng = np.random.default_rng(5)
-    sessions = pd.to_datetime(sessions_between("2018-11-15", "2018-12-31"))
-    keys = pd.MultiIndex.from_product([symbols, sessions], names=["symbol", "session"])
-    base = keys.to_frame(index=False)
-    base["event_timestamp"] = closes_for(base["session"]).to_numpy()
-    n = len(base)
-    market = base.assign(**{c: rng.normal(size=n) for c in FEATURE_COLUMNS})
-    garch = base.assign(**{c: rng.uniform(0.1, 0.5, size=n) for c in GARCH_COLUMNS})
-    window = base.copy()
-    window["seq"] = list(rng.normal(size=(n, LOOKBACK * len(WINDOW_COLUMNS))))
-    window["asof"] = base["event_timestamp"].astype("int64") // 10**9
-    return {"market_features": market, "garch_features": garch, "lstm_window": window}
+    return offline_tables(symbols, "2018-11-15", "2018-12-31", seed=5, lookback=LOOKBACK)
 
 
 def _write_tables(settings: Settings, tables: dict[fs.ViewName, pd.DataFrame]) -> None:
@@ -88,13 +76,8 @@ def _assert_plans_the_repo(output: str) -> None:
 
 @pytest.fixture
 def env_restored() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with restored_environ(ENV_KEYS):
+        yield
 
 
 # ----------------------------------------------------------------------------------- embedded

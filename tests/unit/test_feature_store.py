@@ -16,14 +16,13 @@ import pandas as pd
 import pytest
 
 from pipelines import feature_store as fs
-from pipelines.calendar import closes_for, sessions_between
-from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS
 from pipelines.settings import (
     DEFAULT_FEAST_REGISTRY_URL,
     DEFAULT_REDIS_URL,
     WINDOW_COLUMNS,
     Settings,
 )
+from tests.feast_tables import offline_tables, restored_environ
 
 SYMBOLS = ("AAPL", "MSFT", "SPX")
 WITH_DATA = ("AAPL", "MSFT")
@@ -31,63 +30,48 @@ LOOKBACK = 4
 ENV_KEYS = ("AFTERBELL_HOME", "AFTERBELL_FEAST_REGISTRY_URL", "AFTERBELL_REDIS_URL")
 
 
-def _tables() -> dict[str, pd.DataFrame]:
-    rng = np.random.default_rng(11)
-    sessions = pd.to_datetime(sessions_between("2018-11-19", "2018-12-31"))
-    keys = pd.MultiIndex.from_product([WITH_DATA, sessions], names=["symbol", "session"])
-    base = keys.to_frame(index=False)
-    base["event_timestamp"] = closes_for(base["session"]).to_numpy()
-    n = len(base)
-    market = base.assign(**{c: rng.normal(size=n) for c in FEATURE_COLUMNS})
-    garch = base.assign(**{c: rng.uniform(0.1, 0.5, size=n) for c in GARCH_COLUMNS})
-    window = base.copy()
-    window["seq"] = list(rng.normal(size=(n, LOOKBACK * len(WINDOW_COLUMNS))))
-    window["asof"] = base["event_timestamp"].astype("int64") // 10**9
-    return {"market_features": market, "garch_features": garch, "lstm_window": window}
+def _tables() -> dict[fs.ViewName, pd.DataFrame]:
+    return offline_tables(WITH_DATA, "2018-11-19", "2018-12-31", seed=11, lookback=LOOKBACK)
 
 
 @dataclass
 class Ctx:
     settings: Settings
-    tables: dict[str, pd.DataFrame]
+    tables: dict[fs.ViewName, pd.DataFrame]
     cli: subprocess.Popen[str]
     report: fs.MaterializeReport
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
-    saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    settings = Settings(home=tmp_path_factory.mktemp("home"), universe=SYMBOLS)
-    tables = _tables()
-    for view, df in tables.items():
-        fs.write_offline_table(settings, view, df)  # type: ignore[arg-type]
-    fs.apply_repo(settings)
-    # The feast CLI spends seconds importing feast: start it now, on a copy of the registry (the
-    # file registry is rewritten in place by apply/materialize), and collect it in its test.
-    cli_home = tmp_path_factory.mktemp("cli_home")
-    (cli_home / "feast").mkdir()
-    shutil.copy(settings.feast_dir / "registry.db", cli_home / "feast" / "registry.db")
-    feast = shutil.which("feast", path=str(Path(sys.executable).parent)) or "feast"
-    cli = subprocess.Popen(
-        [feast, "-c", str(settings.feature_repo), "feature-views", "list"],
-        env={**os.environ, "AFTERBELL_HOME": str(cli_home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    fs.apply_repo(settings)  # idempotent
-    start = tables["market_features"]["event_timestamp"].min().to_pydatetime()
-    end = tables["market_features"]["event_timestamp"].max().to_pydatetime()
-    report = fs.materialize(settings, start, end)
-    yield Ctx(settings, tables, cli, report)
-    if cli.poll() is None:
-        cli.kill()
-        cli.communicate()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with restored_environ(ENV_KEYS):
+        settings = Settings(home=tmp_path_factory.mktemp("home"), universe=SYMBOLS)
+        tables = _tables()
+        for view, df in tables.items():
+            fs.write_offline_table(settings, view, df)
+        fs.apply_repo(settings)
+        # The feast CLI spends seconds importing feast: start it now, on a copy of the registry
+        # (the file registry is rewritten in place by apply/materialize), and collect it in its
+        # test.
+        cli_home = tmp_path_factory.mktemp("cli_home")
+        (cli_home / "feast").mkdir()
+        shutil.copy(settings.feast_dir / "registry.db", cli_home / "feast" / "registry.db")
+        feast = shutil.which("feast", path=str(Path(sys.executable).parent)) or "feast"
+        cli = subprocess.Popen(
+            [feast, "-c", str(settings.feature_repo), "feature-views", "list"],
+            env={**os.environ, "AFTERBELL_HOME": str(cli_home)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        fs.apply_repo(settings)  # idempotent
+        start = tables["market_features"]["event_timestamp"].min().to_pydatetime()
+        end = tables["market_features"]["event_timestamp"].max().to_pydatetime()
+        report = fs.materialize(settings, start, end)
+        yield Ctx(settings, tables, cli, report)
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
 
 
 def test_write_offline_table_is_atomic_and_typed(tmp_path: Path) -> None:

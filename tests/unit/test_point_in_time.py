@@ -12,7 +12,6 @@ sees the perturbation and can fail).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pipelines import feature_store as fs
 from pipelines.calendar import closes_for, session_close, sessions_between
 from pipelines.schema import BAR_PRICE_COLUMNS, GARCH_COLUMNS
 from pipelines.settings import WINDOW_COLUMNS, Settings
+from tests.feast_tables import restored_environ
 
 SYMBOLS = ("AAPL", "SPX")  # a close-only stock and an OHLCV index of the replay source
 NEW_SYMBOL = "MSFT"  # inserted after t only
@@ -200,13 +200,8 @@ def _part(frame: pd.DataFrame, view: str, part: str) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def env_restored() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with restored_environ(ENV_KEYS):
+        yield
 
 
 @pytest.fixture(scope="module")
