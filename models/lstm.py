@@ -437,7 +437,7 @@ def _check_segment(name: str, X: np.ndarray, y: np.ndarray, spec: LSTMSpec) -> n
 
 
 @contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Silence Lightning's INFO logging and warnings; restore global switches afterwards.
 
     ``Trainer(deterministic=True)`` flips process-wide torch switches
@@ -504,7 +504,7 @@ def fit_lstm(
         base = np.maximum(x_tr[:, -1, spec.base_feature].astype(np.float64), _MIN_BASE)
         y_mean = float(np.median(np.asarray(y_train, dtype=np.float64) / base))
 
-    with _quiet_lightning(), tempfile.TemporaryDirectory(prefix="garch_lstm_") as tmp:
+    with quiet_lightning(), tempfile.TemporaryDirectory(prefix="garch_lstm_") as tmp:
         L.seed_everything(spec.seed, workers=True, verbose=False)
         net = GarchLSTMNet(spec, x_mean=x_mean, x_std=x_std, y_mean=y_mean)
         module = GarchLSTMModule(spec, net)

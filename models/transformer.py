@@ -51,7 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from models.losses import pinball_loss
-from models.lstm import _quiet_lightning
+from models.lstm import quiet_lightning
 from models.uncertainty import conformal_report, coverage_tolerance, empirical_coverage
 from pipelines.settings import WINDOW_COLUMNS
 
@@ -986,7 +986,7 @@ def fit_transformer(
     acc = _resolve_accelerator(accelerator)
     prec = precision or default_precision(acc)
 
-    with _quiet_lightning(), tempfile.TemporaryDirectory(prefix="patchtst_") as tmp:
+    with quiet_lightning(), tempfile.TemporaryDirectory(prefix="patchtst_") as tmp:
         L.seed_everything(spec.seed, workers=True, verbose=False)
         net = PatchTSTNet(spec, x_mean=x_mean, x_std=x_std, y_scale=y_scale)
         module = TransformerModule(spec, net)
