@@ -368,7 +368,11 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
 
     History partitions are filled by expanding-window refits every ``garch_refit_every``
     sessions (parameters estimated strictly before each block: no look-ahead); the session's
-    own row comes from a fit on every return up to and including it.
+    own row comes from a fit on every return up to and including it, warm-started from the
+    symbol's parameters in the newest ``garch_params`` partition strictly before the session
+    (cold when there is none, when it was fitted with another spec, or when its parameters are
+    infeasible on today's data). The same lake therefore gives the same starting values, and a
+    re-run of the session the same partitions. ``warm_start`` in the params row records which.
     """
     from models.garch import GarchSpec, filter_garch, fit_garch, rolling_garch_features
     from pipelines import lake
@@ -378,7 +382,19 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
     if feats.empty:
         raise ValueError(f"no features in the lake up to {d}: run close_analysis first")
     spec = GarchSpec(horizon=s.horizon)
+    spec_key = json.dumps({k: v for k, v in asdict(spec).items() if k != "horizon"},
+                          sort_keys=True)
+    names = spec.parameter_names()
     present = set(lake.partition_sessions(s.lake_dir, "garch"))
+    earlier = [t for t in lake.partition_sessions(s.lake_dir, "garch_params") if t < d]
+    starts: dict[str, np.ndarray] = {}
+    if earlier:
+        prev = lake.read_table(s.lake_dir, "garch_params", start=earlier[-1], end=earlier[-1])
+        if "spec" in prev.columns:
+            for row in prev.itertuples(index=False):
+                stored = json.loads(str(row.params))
+                if row.spec == spec_key and set(stored) == set(names):
+                    starts[str(row.symbol)] = np.array([stored[n] for n in names], dtype=float)
     rows, params = [], []
     for symbol, g in feats.groupby("symbol", sort=True):
         r = g.set_index("session")["ret_1"].dropna()
@@ -390,12 +406,16 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
                 r.iloc[:-1], spec, refit_every=s.garch_refit_every, min_obs=s.garch_min_obs
             )
             rows.append(hist.loc[missing_hist].assign(symbol=symbol))
-        fit = fit_garch(r, spec)
+        fit = fit_garch(r, spec, starts.get(str(symbol)))
+        if fit.warm_start and not fit.converged:
+            cold = fit_garch(r, spec)
+            fit = cold if cold.converged or cold.loglik > fit.loglik else fit
         today = filter_garch(r, fit).iloc[[-1]].assign(symbol=symbol)
         rows.append(today)
         params.append({"symbol": symbol, "session": pd.Timestamp(d), "loglik": fit.loglik,
                        "nobs": fit.nobs, "converged": fit.converged,
-                       "params": json.dumps(fit.params, sort_keys=True)})
+                       "params": json.dumps(fit.params, sort_keys=True),
+                       "warm_start": fit.warm_start, "spec": spec_key})
     if not rows:
         raise ValueError(f"no symbol has {s.garch_min_obs} returns up to {d} for a GARCH fit")
     out = pd.concat(rows).rename_axis("session").reset_index()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -177,3 +178,158 @@ def test_egarch_simulated_forecast_is_deterministic(sp500: pd.Series) -> None:
     first = filter_garch(sp500.iloc[-400:], fit)
     pd.testing.assert_frame_equal(first, filter_garch(sp500.iloc[-400:], fit))
     assert np.isfinite(first.to_numpy()).all()
+
+
+# ------------------------------------------------------------------ families and warm starts
+@pytest.fixture(scope="module")
+def spx_replay() -> pd.Series:
+    """About 600 real SPX log returns from the replay source, ending 2018-12-31."""
+    from pipelines import calendar
+    from pipelines.sources import ReplaySource
+
+    sessions = calendar.previous_sessions(pd.Timestamp("2018-12-31").date(), 601)
+    bars = ReplaySource(("SPX",)).bars(sessions).set_index("session")["adj_close"]
+    return np.log(bars).diff().dropna().rename("ret_1")
+
+
+VOLS = ("GARCH", "EGARCH", "GJR")
+DISTS = ("normal", "t", "skewt")
+
+
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("vol", VOLS)
+def test_every_family_fits_and_filters(spx_replay: pd.Series, vol: str, dist: str) -> None:
+    spec = GarchSpec(vol=vol, dist=dist, horizon=5)  # type: ignore[arg-type]
+    assert len(spx_replay) >= 590
+    fit = fit_garch(spx_replay, spec)
+    assert fit.converged and not fit.warm_start and fit.nit > 0
+    assert tuple(fit.params) == spec.parameter_names()
+    assert len(fit.params) == 4 + (vol == "GJR") + {"normal": 0, "t": 1, "skewt": 2}[dist]
+    feats = filter_garch(spx_replay, fit)
+    assert list(feats.columns) == list(GARCH_FEATURE_COLUMNS)
+    assert np.isfinite(feats.to_numpy()).all()
+    assert ((feats["garch_vol"] > 0.01) & (feats["garch_vol"] < 2.0)).all()
+    # EGARCH's multi-step forecast is simulated; with fat-tailed errors a few paths can explode.
+    assert (feats["garch_forecast"] > 0.01).all()
+    assert 0.05 < feats["garch_forecast"].median() < 0.5
+    # Standardised residuals of a fitted model have roughly unit variance.
+    assert feats["garch_std_resid"].std() == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.parametrize("vol", VOLS)
+def test_warm_start_from_previous_session_matches_cold(spx_replay: pd.Series, vol: str) -> None:
+    spec = GarchSpec(vol=vol, dist="t")  # type: ignore[arg-type]
+    yesterday = fit_garch(spx_replay.iloc[:-1], spec)
+    cold = fit_garch(spx_replay, spec)
+    warm = fit_garch(spx_replay, spec, starting_values=yesterday.starting_values)
+    assert warm.warm_start and warm.converged
+    assert warm.loglik == pytest.approx(cold.loglik, abs=1e-4)
+    np.testing.assert_allclose(warm.starting_values, cold.starting_values, rtol=0.05, atol=5e-3)
+    # The warm refinement needs fewer iterations and likelihood evaluations than a cold fit.
+    assert warm.nit < cold.nit
+    assert warm.nfev < cold.nfev
+    # arch's own SLSQP from the same start (refine=False) reaches the same optimum too.
+    plain = fit_garch(spx_replay, spec, yesterday.starting_values, refine=False)
+    assert plain.warm_start
+    assert plain.loglik == pytest.approx(cold.loglik, abs=1e-3)
+
+
+def test_warm_start_is_deterministic(spx_replay: pd.Series) -> None:
+    spec = GarchSpec(vol="GJR", dist="skewt")
+    start = fit_garch(spx_replay.iloc[:-1], spec).starting_values
+    first = fit_garch(spx_replay, spec, start)
+    assert first == fit_garch(spx_replay, spec, start)
+    assert first.params == fit_garch(spx_replay, spec, start).params
+
+
+def test_infeasible_starting_values_give_a_cold_fit(spx_replay: pd.Series) -> None:
+    spec = GarchSpec()
+    cold = fit_garch(spx_replay, spec)
+    bad = cold.starting_values.copy()
+    bad[2], bad[3] = 0.6, 0.6  # alpha + beta > 1 violates arch's stationarity constraint
+    for refine in (True, False):
+        fit = fit_garch(spx_replay, spec, bad, refine=refine)
+        assert not fit.warm_start
+        assert fit.loglik == pytest.approx(cold.loglik, abs=1e-6)
+    short = fit_garch(spx_replay, spec, cold.starting_values[:3])
+    assert not short.warm_start
+    # A start on the boundary alpha + beta = 1 that rounding pushed a few ulps past it is kept.
+    edge = cold.starting_values.copy()
+    edge[3] = 1.0 - edge[2] + 1e-13
+    on_edge = fit_garch(spx_replay, spec, edge)
+    assert on_edge.warm_start and on_edge.converged
+    assert on_edge.loglik == pytest.approx(cold.loglik, abs=1e-4)
+
+
+def test_fit_to_dict_records_warm_start_and_iterations(spx_replay: pd.Series) -> None:
+    fit = fit_garch(spx_replay, GarchSpec(dist="normal"))
+    d = fit.to_dict()
+    assert d["warm_start"] is False and d["nit"] == fit.nit > 0 and d["nfev"] == fit.nfev
+    assert GarchSpec(vol="EGARCH", dist="skewt").parameter_names() == (
+        "mu", "omega", "alpha[1]", "beta[1]", "eta", "lambda"
+    )
+
+
+# ------------------------------------------------------------------------ the light stage
+def _stage_lake(tmp_path: Any, returns: pd.Series) -> Any:
+    """A lake with the ``features`` rows refit_garch reads (two symbols, real returns)."""
+    from pipelines import calendar, lake
+    from pipelines.settings import Settings
+
+    s = Settings(home=tmp_path)
+    frames = []
+    for symbol, r in (("SPX", returns), ("AAA", returns.iloc[::-1].set_axis(returns.index))):
+        frames.append(pd.DataFrame({"symbol": symbol, "session": r.index, "ret_1": r.to_numpy()}))
+    feats = pd.concat(frames, ignore_index=True)
+    feats["event_timestamp"] = calendar.closes_for(feats["session"])
+    lake.write_partitions(s.lake_dir, "features", feats)
+    return s
+
+
+def test_refit_garch_warm_starts_from_previous_params(
+    tmp_path: Any, spx_replay: pd.Series
+) -> None:
+    from pipelines import lake
+    from pipelines.stages import refit_garch
+
+    returns = spx_replay.iloc[-320:]
+    s = _stage_lake(tmp_path, returns)
+    day1, day2 = (t.date() for t in returns.index[-2:])
+    refit_garch(day1.isoformat(), s)
+    first = lake.read_table(s.lake_dir, "garch_params", start=day1, end=day1)
+    assert not first["warm_start"].any()
+    record = refit_garch(day2.isoformat(), s)
+    assert record["symbols_fitted"] == 2
+    second = lake.read_table(s.lake_dir, "garch_params", start=day2, end=day2)
+    assert second["warm_start"].all()
+    # Warm fits reach the cold optimum on the same returns.
+    for row in second.itertuples(index=False):
+        r = returns if row.symbol == "SPX" else returns.iloc[::-1].set_axis(returns.index)
+        assert row.loglik == pytest.approx(fit_garch(r, GarchSpec()).loglik, abs=1e-4)
+    # A re-run of the session uses the same starting values: byte-identical partitions.
+    paths = [lake.partition_path(s.lake_dir, t, day2) for t in ("garch", "garch_params")]
+    before = [p.read_bytes() for p in paths]
+    refit_garch(day2.isoformat(), s)
+    assert [p.read_bytes() for p in paths] == before
+
+
+def test_refit_garch_goes_cold_when_the_spec_changed(tmp_path: Any, spx_replay: pd.Series) -> None:
+    import json
+
+    from pipelines import lake
+    from pipelines.stages import refit_garch
+
+    returns = spx_replay.iloc[-320:]
+    s = _stage_lake(tmp_path, returns)
+    day1, day2 = (t.date() for t in returns.index[-2:])
+    refit_garch(day1.isoformat(), s)
+    stored = lake.read_table(s.lake_dir, "garch_params", start=day1, end=day1)
+    other = json.dumps({"dist": "normal", "mean": "Constant", "o": 0, "p": 1, "q": 1,
+                        "vol": "GARCH"}, sort_keys=True)
+    stored = stored.assign(spec=stored["spec"].where(stored["symbol"] != "AAA", other))
+    lake.write_partition(s.lake_dir, "garch_params", day1, stored)
+    refit_garch(day2.isoformat(), s)
+    second = lake.read_table(s.lake_dir, "garch_params", start=day2, end=day2)
+    assert dict(zip(second["symbol"], second["warm_start"], strict=True)) == {
+        "AAA": False, "SPX": True
+    }
