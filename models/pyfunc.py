@@ -1,20 +1,35 @@
-"""MLflow packaging of the GARCH-LSTM as a ``pyfunc`` model.
+"""MLflow packaging of the forecasters as ``pyfunc`` models.
 
-The logged model is self-contained: the :class:`~models.lstm.FittedLSTM` folder travels as the
-artifact ``model_dir``, the ``models`` package travels as ``code_paths`` (so loading needs no
-checkout), and the requirements are pinned to the versions installed at logging time.
+Two wrappers share one layout:
 
-Input: one row per window, the float columns :func:`~models.lstm.seq_columns` (a flattened,
-row-major ``lookback x len(WINDOW_COLUMNS)`` window, oldest session first). Output: a frame with the
-single column ``forecast``, the annualised volatility forecast over the model's horizon.
+- :class:`GarchLSTMPyfunc` (:func:`log_lstm_model`): the GARCH-LSTM volatility forecaster
+  (:class:`~models.lstm.FittedLSTM`); output: the single column ``forecast``, the annualised
+  volatility forecast over the model's horizon.
+- :class:`TransformerPyfunc` (:func:`log_transformer_model`): the PatchTST multi-horizon
+  forecaster (:class:`~models.transformer.FittedTransformer`); output: the
+  :func:`~models.transformer.prediction_columns` (``prob_up_h, ret_h, vol_h, q10_h, q50_h,
+  q90_h`` per horizon ``h``), exactly the frame of :meth:`FittedTransformer.predict`.
+
+Input of both: one row per window, the float columns :func:`~models.lstm.seq_columns` (a
+flattened, row-major ``lookback x n_features`` window, oldest session first).
+
+A logged model is self-contained: the fitted model's folder (its ``save``) travels as the artifact
+``model_dir``; the ``models`` package and the ``pipelines`` package it imports its settings from
+travel as ``code_paths`` (so loading needs no checkout and no installed ``afterbell``); the
+requirements are pinned to the versions installed at logging time (CPU torch, local tags cut).
+The model carries a signature and an input example, and the ``tags`` given to the logging
+function (session, training data range, FeatureService name, ...) go on the logged model and on
+the registered version.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -25,12 +40,49 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from models.lstm import FittedLSTM, seq_columns
 
-__all__ = ["FORECAST_COLUMN", "GarchLSTMPyfunc", "log_lstm_model", "pinned_requirements"]
+if TYPE_CHECKING:
+    from models.transformer import FittedTransformer
 
-#: Output column of the pyfunc model.
+__all__ = [
+    "CODE_PACKAGES",
+    "FORECAST_COLUMN",
+    "TORCH_CPU_INDEX",
+    "GarchLSTMPyfunc",
+    "TransformerPyfunc",
+    "log_lstm_model",
+    "log_transformer_model",
+    "pinned_requirements",
+]
+
+#: Output column of the GARCH-LSTM pyfunc model.
 FORECAST_COLUMN = "forecast"
+#: Packages of the repository shipped with every model as ``code_paths``.
+CODE_PACKAGES: tuple[str, ...] = ("models", "pipelines")
+#: Package index of the CPU builds of torch (first line of :func:`pinned_requirements`).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 _ARTIFACT_KEY = "model_dir"
 _REQUIREMENTS = ("torch", "lightning", "mlflow", "pandas", "numpy", "cloudpickle")
+
+
+def _input_windows(model_input: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, pd.Index]:
+    """The ``cols`` of ``model_input`` as a float32 matrix, and the input's index.
+
+    Raises
+    ------
+    ValueError
+        If some column is missing or a value is not finite.
+    """
+    frame = pd.DataFrame(model_input)
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        shown = ", ".join(missing[:10]) + (
+            f", ... ({len(missing)} in all)" if len(missing) > 10 else ""
+        )
+        raise ValueError(f"model input lacks columns: {shown}")
+    X = frame[cols].to_numpy(dtype=np.float32)
+    if not np.isfinite(X).all():
+        raise ValueError("model input holds non-finite values")
+    return X, frame.index
 
 
 class GarchLSTMPyfunc(PythonModel):
@@ -67,25 +119,119 @@ class GarchLSTMPyfunc(PythonModel):
         ValueError
             If some input column is missing or a value is not finite.
         """
-        frame = pd.DataFrame(model_input)
-        cols = self.columns
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            shown = ", ".join(missing[:10]) + (
-                f", ... ({len(missing)} in all)" if len(missing) > 10 else ""
-            )
-            raise ValueError(f"model input lacks columns: {shown}")
-        X = frame[cols].to_numpy(dtype=np.float32)
-        if not np.isfinite(X).all():
-            raise ValueError("model input holds non-finite values")
-        return pd.DataFrame({FORECAST_COLUMN: self.fitted.predict(X)}, index=frame.index)
+        X, index = _input_windows(model_input, self.columns)
+        return pd.DataFrame({FORECAST_COLUMN: self.fitted.predict(X)}, index=index)
+
+
+class TransformerPyfunc(PythonModel):
+    """``pyfunc`` wrapper of the :class:`~models.transformer.FittedTransformer` in
+    ``artifacts["model_dir"]``."""
+
+    def __init__(self) -> None:
+        self._fitted: FittedTransformer | None = None
+
+    def load_context(self, context: PythonModelContext) -> None:
+        from models.transformer import FittedTransformer
+
+        self._fitted = FittedTransformer.load(context.artifacts[_ARTIFACT_KEY])
+
+    @property
+    def fitted(self) -> FittedTransformer:
+        if self._fitted is None:
+            raise RuntimeError("model not loaded: load_context has not run")
+        return self._fitted
+
+    @property
+    def columns(self) -> list[str]:
+        """Input columns, in order."""
+        spec = self.fitted.spec
+        return seq_columns(spec.lookback, spec.n_features)
+
+    def predict(
+        self,
+        context: PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Forecasts (:meth:`FittedTransformer.predict`) of the windows in ``model_input``
+        (index preserved).
+
+        Raises
+        ------
+        ValueError
+            If some input column is missing or a value is not finite.
+        """
+        X, index = _input_windows(model_input, self.columns)
+        return self.fitted.predict(X, index=index)
 
 
 def pinned_requirements() -> list[str]:
-    """``name==version`` of the packages the model needs at load time, local tags (``+cpu``) cut."""
-    return [
+    """pip requirements of a logged model: CPU torch and exact versions of what loading needs.
+
+    The first line, ``--extra-index-url`` :data:`TORCH_CPU_INDEX`, makes pip take the CPU build
+    of torch: ``torch==X`` (local tag ``+cpu`` cut, so that the pin also matches the installed
+    ``X+cpu`` under PEP 440) is satisfied by ``X+cpu`` from that index, which pip prefers to the
+    CUDA-dependent wheel of the same version on PyPI. The other lines are ``name==version`` of the
+    packages installed at logging time, local tags cut.
+    """
+    pins = [
         f"{name}=={importlib.metadata.version(name).split('+', 1)[0]}" for name in _REQUIREMENTS
     ]
+    return [f"--extra-index-url {TORCH_CPU_INDEX}", *pins]
+
+
+def _example(input_example: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    missing = [c for c in cols if c not in input_example.columns]
+    if missing:
+        raise ValueError(f"input_example lacks columns: {missing[:10]}")
+    return input_example[cols].astype("float64")
+
+
+def _stage_code(folder: Path) -> list[str]:
+    """Copies of :data:`CODE_PACKAGES` (without bytecode) under ``folder``, for ``code_paths``."""
+    root = Path(__file__).resolve().parent.parent
+    paths = []
+    for package in CODE_PACKAGES:
+        target = folder / package
+        shutil.copytree(
+            root / package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+        paths.append(str(target))
+    return paths
+
+
+def _log_pyfunc(
+    python_model: PythonModel,
+    save: Any,
+    *,
+    example: pd.DataFrame,
+    predictions: pd.DataFrame,
+    name: str,
+    registered_model_name: str | None,
+    tags: Mapping[str, Any] | None,
+) -> ModelInfo:
+    """Log ``python_model`` with the folder written by ``save(path)`` as its artifact."""
+    signature = infer_signature(example, predictions)
+    str_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    with tempfile.TemporaryDirectory(prefix="afterbell_pyfunc_") as tmp:
+        model_dir = save(Path(tmp) / _ARTIFACT_KEY)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=python_model,
+            artifacts={_ARTIFACT_KEY: str(model_dir)},
+            code_paths=_stage_code(Path(tmp) / "code"),
+            signature=signature,
+            input_example=example,
+            pip_requirements=pinned_requirements(),
+            registered_model_name=registered_model_name,
+            tags=str_tags or None,
+        )
+    if registered_model_name is not None and str_tags:
+        client = mlflow.MlflowClient()
+        version = str(info.registered_model_version)
+        for key, value in str_tags.items():
+            client.set_model_version_tag(registered_model_name, version, key, value)
+    return info
 
 
 def log_lstm_model(
@@ -94,6 +240,7 @@ def log_lstm_model(
     name: str = "model",
     registered_model_name: str | None = None,
     input_example: pd.DataFrame,
+    tags: Mapping[str, Any] | None = None,
 ) -> ModelInfo:
     """Log ``fitted`` as a pyfunc model in the active MLflow run (and optionally register it).
 
@@ -108,6 +255,9 @@ def log_lstm_model(
     input_example : pandas.DataFrame
         A few rows with the :func:`~models.lstm.seq_columns` columns; the signature is inferred
         from it (as doubles) and from the model's predictions on it.
+    tags : mapping, optional
+        Tags (values turned into strings) of the logged model and of the registered version:
+        e.g. ``session``, the training data range, the FeatureService name.
 
     Returns
     -------
@@ -117,25 +267,63 @@ def log_lstm_model(
     if mlflow.active_run() is None:
         raise RuntimeError("log_lstm_model must be called inside an active MLflow run")
     spec = fitted.spec
-    cols = seq_columns(spec.lookback, spec.n_features)
-    missing = [c for c in cols if c not in input_example.columns]
-    if missing:
-        raise ValueError(f"input_example lacks columns: {missing[:10]}")
-    example = input_example[cols].astype("float64")
+    example = _example(input_example, seq_columns(spec.lookback, spec.n_features))
     predictions = pd.DataFrame(
         {FORECAST_COLUMN: fitted.predict(example.to_numpy())}, index=example.index
     )
-    signature = infer_signature(example, predictions)
-    package_dir = Path(__file__).resolve().parent
-    with tempfile.TemporaryDirectory(prefix="garch_lstm_pyfunc_") as tmp:
-        model_dir = fitted.save(Path(tmp) / _ARTIFACT_KEY)
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=GarchLSTMPyfunc(),
-            artifacts={_ARTIFACT_KEY: str(model_dir)},
-            code_paths=[str(package_dir)],
-            signature=signature,
-            input_example=example,
-            pip_requirements=pinned_requirements(),
-            registered_model_name=registered_model_name,
-        )
+    return _log_pyfunc(
+        GarchLSTMPyfunc(),
+        fitted.save,
+        example=example,
+        predictions=predictions,
+        name=name,
+        registered_model_name=registered_model_name,
+        tags=tags,
+    )
+
+
+def log_transformer_model(
+    fitted: FittedTransformer,
+    *,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    input_example: pd.DataFrame,
+    tags: Mapping[str, Any] | None = None,
+) -> ModelInfo:
+    """Log the PatchTST forecaster ``fitted`` as a pyfunc model in the active MLflow run.
+
+    Parameters
+    ----------
+    fitted : FittedTransformer
+        Model to log.
+    name : str
+        Name of the logged model within the run.
+    registered_model_name : str, optional
+        Also create a new version of this registered model.
+    input_example : pandas.DataFrame
+        A few rows with the :func:`~models.lstm.seq_columns` columns of the spec's ``lookback``
+        and ``n_features``; the signature is inferred from it (as doubles) and from the model's
+        predictions on it (the :func:`~models.transformer.prediction_columns`).
+    tags : mapping, optional
+        Tags (values turned into strings) of the logged model and of the registered version:
+        e.g. ``session``, the training data range, the FeatureService name.
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+        What ``mlflow.pyfunc.log_model`` returns (``model_uri``, ``registered_model_version``, ...).
+    """
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_transformer_model must be called inside an active MLflow run")
+    spec = fitted.spec
+    example = _example(input_example, seq_columns(spec.lookback, spec.n_features))
+    predictions = fitted.predict(example.to_numpy(), index=example.index)
+    return _log_pyfunc(
+        TransformerPyfunc(),
+        fitted.save,
+        example=example,
+        predictions=predictions,
+        name=name,
+        registered_model_name=registered_model_name,
+        tags=tags,
+    )

@@ -1,4 +1,9 @@
-"""MLflow packaging: log, register, and reload the GARCH-LSTM in a fresh process."""
+"""MLflow packaging: log, register with an alias, and reload each forecaster in a fresh process.
+
+The fresh-process checks load ``models:/<name>@<alias>`` in a second interpreter that can see
+neither the checkout (removed from ``sys.path``) nor the editable install of ``afterbell`` (its
+import finder removed), so the ``models`` and ``pipelines`` code must come with the model.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,45 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import _tracking_service
 
 from models.lstm import FittedLSTM, LSTMSpec, fit_lstm, seq_columns
-from models.pyfunc import GarchLSTMPyfunc, log_lstm_model, pinned_requirements
+from models.pyfunc import (
+    TORCH_CPU_INDEX,
+    GarchLSTMPyfunc,
+    TransformerPyfunc,
+    log_lstm_model,
+    log_transformer_model,
+    pinned_requirements,
+)
+from models.transformer import (
+    FittedTransformer,
+    TransformerDataModule,
+    TransformerSpec,
+    fit_transformer,
+    prediction_columns,
+)
 from pipelines.settings import REPO_ROOT
 
 LOOKBACK, F = 6, 5
-MODEL_NAME = "garch_lstm_vol_test"
+T_LOOKBACK = 8
+LSTM_NAME = "garch_lstm_vol_test"
+TRANSFORMER_NAME = "patchtst_test"
+ALIAS = "champion"
+TAGS = {
+    "session": "2024-03-28",
+    "train_range": "2019-01-02..2023-12-29",
+    "feature_service": "window_features_v1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +63,44 @@ def fitted() -> FittedLSTM:
     return fit_lstm(spec, X[:500], y[:500], X[500:], y[500:])
 
 
-@pytest.fixture()
-def frame(fitted: FittedLSTM) -> pd.DataFrame:
+@pytest.fixture(scope="module")
+def fitted_transformer() -> FittedTransformer:
+    rng = np.random.default_rng(5)
+    X = rng.normal(0.0, 1.0, size=(320, T_LOOKBACK, F)).astype(np.float32)
+    y = (0.01 * X[:, -1, :3] + rng.normal(0, 0.01, size=(320, 3))).astype(np.float32)
+    spec = TransformerSpec(
+        lookback=T_LOOKBACK, patch_len=4, stride=2, d_model=8, n_heads=2, n_layers=1, d_ff=16,
+        n_features=F, batch_size=64, max_epochs=2, patience=2, seed=11,
+    )
+    data = TransformerDataModule(
+        {"train": (X[:256], y[:256]), "valid": (X[256:], y[256:])},
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+    )
+    return fit_transformer(spec, data, accelerator="cpu")
+
+
+def _lstm_frame() -> pd.DataFrame:
     rng = np.random.default_rng(1)
     values = np.abs(rng.normal(0.2, 0.05, size=(32, LOOKBACK * F)))
     return pd.DataFrame(values, columns=seq_columns(LOOKBACK, F))
+
+
+def _transformer_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    values = rng.normal(0.0, 1.0, size=(40, T_LOOKBACK * F))
+    index = pd.RangeIndex(100, 140, name="window")
+    return pd.DataFrame(values, columns=seq_columns(T_LOOKBACK, F), index=index)
+
+
+@pytest.fixture()
+def frame() -> pd.DataFrame:
+    return _lstm_frame()
+
+
+@pytest.fixture()
+def t_frame() -> pd.DataFrame:
+    return _transformer_frame()
 
 
 @pytest.fixture()
@@ -53,47 +116,99 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
 
 
-def test_requirements_are_pinned_without_local_tags() -> None:
-    reqs = pinned_requirements()
-    names = [r.split("==")[0] for r in reqs]
-    assert {"torch", "mlflow", "lightning", "pandas", "numpy"} <= set(names)
-    assert all("==" in r and "+" not in r and "#" not in r for r in reqs)
+@dataclass
+class Logged:
+    """Both forecasters logged, registered and aliased in one private store, and what a fresh
+    interpreter predicted with ``models:/<name>@<alias>`` (one interpreter for both: the imports
+    of mlflow, torch and lightning dominate the cost)."""
+
+    tracking: str
+    root: Path
+    infos: dict[str, ModelInfo]
+    inputs: dict[str, pd.DataFrame]
+    expected: dict[str, pd.DataFrame]
+    loaded: dict[str, pd.DataFrame]
+    origins: dict[str, list[str]]
 
 
-def test_log_requires_active_run(fitted: FittedLSTM, frame: pd.DataFrame, tracking: str) -> None:
-    with pytest.raises(RuntimeError, match="active MLflow run"):
-        log_lstm_model(fitted, input_example=frame.head(2))
+@pytest.fixture(scope="module")
+def logged(
+    tmp_path_factory: pytest.TempPathFactory,
+    fitted: FittedLSTM,
+    fitted_transformer: FittedTransformer,
+) -> Iterator[Logged]:
+    root = tmp_path_factory.mktemp("pyfunc_registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    previous = _tracking_service.utils._tracking_uri
+    frames = {LSTM_NAME: _lstm_frame(), TRANSFORMER_NAME: _transformer_frame()}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            client = mlflow.MlflowClient(uri)
+            exp_id = client.create_experiment(
+                "pyfunc-test", artifact_location=(root / "artifacts").as_uri()
+            )
+            infos = {}
+            with mlflow.start_run(experiment_id=exp_id):
+                infos[LSTM_NAME] = log_lstm_model(
+                    fitted, registered_model_name=LSTM_NAME,
+                    input_example=frames[LSTM_NAME].head(3), tags=TAGS,
+                )
+            with mlflow.start_run(experiment_id=exp_id):
+                infos[TRANSFORMER_NAME] = log_transformer_model(
+                    fitted_transformer, registered_model_name=TRANSFORMER_NAME,
+                    input_example=frames[TRANSFORMER_NAME].head(3), tags=TAGS,
+                )
+            for name, info in infos.items():
+                client.set_registered_model_alias(name, ALIAS, str(info.registered_model_version))
+            # What the training process predicts.
+            lstm_in = frames[LSTM_NAME]
+            expected = {
+                LSTM_NAME: pd.DataFrame(
+                    {"forecast": fitted.predict(lstm_in.to_numpy())}, index=lstm_in.index
+                ),
+                TRANSFORMER_NAME: fitted_transformer.predict(
+                    frames[TRANSFORMER_NAME].to_numpy(), index=frames[TRANSFORMER_NAME].index
+                ),
+            }
+            loaded, origins = _load_in_fresh_process(uri, frames, root)
+            yield Logged(uri, root, infos, frames, expected, loaded, origins)
+        finally:
+            mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
 
 
-@pytest.mark.slow  # ~25 s: a second interpreter imports mlflow, torch and lightning
-def test_log_register_and_load_in_fresh_process(
-    tmp_path: Path, fitted: FittedLSTM, frame: pd.DataFrame, tracking: str
-) -> None:
-    client = mlflow.MlflowClient(tracking)
-    exp_id = client.create_experiment("pyfunc-test", artifact_location=tmp_path.as_uri())
-    with mlflow.start_run(experiment_id=exp_id):
-        info = log_lstm_model(fitted, registered_model_name=MODEL_NAME, input_example=frame.head(3))
-    assert info.registered_model_version == 1
-    assert info.signature is not None
-    assert info.signature.outputs.input_names() == ["forecast"]
-    assert info.signature.inputs.input_names() == seq_columns(LOOKBACK, F)
+def _load_in_fresh_process(
+    tracking: str, frames: dict[str, pd.DataFrame], folder: Path
+) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:
+    """Predictions of ``models:/<name>@<alias>`` on ``frames[name]`` by a second interpreter.
 
-    expected = fitted.predict(frame.to_numpy())
-    in_process = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1").predict(frame)
-    assert list(in_process.columns) == ["forecast"]
-    np.testing.assert_allclose(in_process["forecast"].to_numpy(), expected, atol=1e-6)
-
-    frame.to_parquet(tmp_path / "input.parquet")
+    Returns the predictions and, per model, the files of ``models.pyfunc`` and
+    ``pipelines.settings`` that the interpreter imported for it.
+    """
+    jobs = []
+    for i, (name, frame) in enumerate(frames.items()):
+        frame.to_parquet(folder / f"input_{i}.parquet")
+        jobs.append((name, f"models:/{name}@{ALIAS}", str(folder / f"input_{i}.parquet"),
+                     str(folder / f"output_{i}.parquet")))
     script = textwrap.dedent(
         f"""
         import json, sys
-        import mlflow, pandas as pd
+        # No checkout and no editable install: the code must come with the model.
         sys.path = [p for p in sys.path if p not in ("", {str(REPO_ROOT)!r})]
-        model = mlflow.pyfunc.load_model("models:/{MODEL_NAME}/1")
-        out = model.predict(pd.read_parquet({str(tmp_path / "input.parquet")!r}))
-        import models.lstm
-        print(json.dumps({{"forecast": out["forecast"].tolist(),
-                          "models_from": models.lstm.__file__}}))
+        sys.meta_path = [f for f in sys.meta_path
+                         if "__editable__" not in getattr(f, "__module__", "")]
+        import mlflow, pandas as pd
+        origins = {{}}
+        for name, uri, src, dst in {jobs!r}:
+            # Each model imports the code it came with, not the previous model's.
+            for mod in [m for m in sys.modules if m.split(".")[0] in ("models", "pipelines")]:
+                del sys.modules[mod]
+            model = mlflow.pyfunc.load_model(uri)
+            model.predict(pd.read_parquet(src)).to_parquet(dst)
+            origins[name] = [sys.modules["models.pyfunc"].__file__,
+                             sys.modules["pipelines.settings"].__file__]
+        print(json.dumps(origins))
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -102,19 +217,97 @@ def test_log_register_and_load_in_fresh_process(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=folder,
         env=env,
-        timeout=180,
+        timeout=300,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(result["forecast"], in_process["forecast"].to_numpy(), atol=1e-6)
-    # The code came with the model (code_paths), not from the checkout.
-    assert not Path(result["models_from"]).resolve().is_relative_to(REPO_ROOT), result
+    origins = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded = {name: pd.read_parquet(dst) for name, _, _, dst in jobs}
+    return loaded, origins
 
 
-def test_predict_names_missing_columns(
+def _requirements(model_uri: str) -> list[str]:
+    path = mlflow.pyfunc.get_model_dependencies(model_uri)
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_requirements_are_pinned_with_cpu_torch() -> None:
+    reqs = pinned_requirements()
+    assert reqs[0] == f"--extra-index-url {TORCH_CPU_INDEX}"
+    pins = reqs[1:]
+    names = [r.split("==")[0] for r in pins]
+    assert {"torch", "mlflow", "lightning", "pandas", "numpy"} <= set(names)
+    assert all("==" in r and "+" not in r and "#" not in r for r in pins)
+    # The pin without the local tag still matches the installed CPU build (PEP 440).
+    from packaging.requirements import Requirement
+
+    torch_pin = Requirement(next(r for r in pins if r.startswith("torch==")))
+    assert torch_pin.specifier.contains(torch.__version__)
+
+
+def test_log_requires_active_run(
+    fitted: FittedLSTM,
+    fitted_transformer: FittedTransformer,
+    frame: pd.DataFrame,
+    t_frame: pd.DataFrame,
+    tracking: str,
+) -> None:
+    with pytest.raises(RuntimeError, match="active MLflow run"):
+        log_lstm_model(fitted, input_example=frame.head(2))
+    with pytest.raises(RuntimeError, match="active MLflow run"):
+        log_transformer_model(fitted_transformer, input_example=t_frame.head(2))
+
+
+@pytest.mark.slow  # the module fixture starts a second interpreter (mlflow, torch, lightning)
+@pytest.mark.parametrize("name", [LSTM_NAME, TRANSFORMER_NAME])
+def test_alias_loaded_in_fresh_process_reproduces_training_predictions(
+    logged: Logged, name: str
+) -> None:
+    expected, loaded = logged.expected[name], logged.loaded[name]
+    assert list(loaded.columns) == list(expected.columns)
+    assert loaded.index.equals(expected.index)
+    np.testing.assert_allclose(loaded.to_numpy(), expected.to_numpy(), rtol=1e-6, atol=1e-7)
+    # The code came with this model (code_paths), not from the checkout or the install.
+    for file in logged.origins[name]:
+        path = Path(file).resolve()
+        assert not path.is_relative_to(REPO_ROOT), logged.origins
+        assert "code" in path.parts, logged.origins
+    others = [files for other, files in logged.origins.items() if other != name]
+    assert others and all(files[0] != logged.origins[name][0] for files in others)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [LSTM_NAME, TRANSFORMER_NAME])
+def test_registered_version_has_signature_example_tags_and_cpu_torch(
+    logged: Logged, name: str
+) -> None:
+    info = logged.infos[name]
+    assert info.registered_model_version == 1
+    lookback = LOOKBACK if name == LSTM_NAME else T_LOOKBACK
+    assert info.signature is not None
+    assert info.signature.inputs.input_names() == seq_columns(lookback, F)
+    assert info.signature.outputs.input_names() == list(logged.expected[name].columns)
+    client = mlflow.MlflowClient(logged.tracking)
+    assert TAGS.items() <= client.get_model_version(name, "1").tags.items()
+    assert TAGS.items() <= client.get_logged_model(info.model_id).tags.items()
+
+    uri = f"models:/{name}@{ALIAS}"
+    local = mlflow.artifacts.download_artifacts(uri, dst_path=str(logged.root / f"dl_{name}"))
+    example = mlflow.models.Model.load(local).load_input_example(local)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(example).reset_index(drop=True),
+        logged.inputs[name].head(3).reset_index(drop=True),
+        check_exact=True,
+    )
+    reqs = _requirements(uri)
+    assert reqs[0] == f"--extra-index-url {TORCH_CPU_INDEX}", reqs
+    assert f"torch=={torch.__version__.split('+', 1)[0]}" in reqs, reqs
+    assert f"mlflow=={mlflow.__version__}" in reqs, reqs
+
+
+def test_lstm_predict_names_missing_columns(
     tmp_path: Path, fitted: FittedLSTM, frame: pd.DataFrame
 ) -> None:
     model = GarchLSTMPyfunc()
@@ -126,3 +319,28 @@ def test_predict_names_missing_columns(
     np.testing.assert_allclose(out["forecast"], fitted.predict(frame.to_numpy()), atol=1e-6)
     with pytest.raises(ValueError, match="x003"):
         model.predict(context, frame.drop(columns=["x003"]))
+
+
+def test_transformer_pyfunc_matches_fitted_and_checks_input(
+    tmp_path: Path, fitted_transformer: FittedTransformer, t_frame: pd.DataFrame
+) -> None:
+    model = TransformerPyfunc()
+    with pytest.raises(RuntimeError, match="not loaded"):
+        _ = model.columns
+    context = mlflow.pyfunc.PythonModelContext(
+        artifacts={"model_dir": str(fitted_transformer.save(tmp_path / "m"))}, model_config={}
+    )
+    model.load_context(context)
+    # Columns in another order are picked by name; the index is kept.
+    shuffled = t_frame[t_frame.columns[::-1]]
+    out = model.predict(context, shuffled)
+    expected = fitted_transformer.predict(t_frame.to_numpy(), index=t_frame.index)
+    pd.testing.assert_frame_equal(out, expected)
+    assert list(out.columns) == prediction_columns(fitted_transformer.spec)
+    assert list(out.columns[:6]) == ["prob_up_1", "ret_1", "vol_1", "q10_1", "q50_1", "q90_1"]
+    with pytest.raises(ValueError, match="x007"):
+        model.predict(context, t_frame.drop(columns=["x007"]))
+    bad = t_frame.copy()
+    bad.iloc[3, 5] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        model.predict(context, bad)
