@@ -7,6 +7,7 @@ and DST. Everything here is pure apart from :func:`load_config`.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -61,12 +62,88 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class TuningConfig:
+    """Optuna hyperparameter search of the monthly full retrain (``[tuning]``).
+
+    Parameters
+    ----------
+    n_trials : int
+        Trial budget of the session's study; trials already finished (complete or pruned) by an
+        earlier run of the same session count against it. ``0`` turns tuning off.
+    timeout_minutes : float
+        Time budget of one run: no trial starts after it (the running one finishes, so a run can
+        overrun by at most one trial, itself bounded by ``trial_max_epochs``).
+    trial_max_epochs : int
+        Epoch budget of a trial (at most the final fit's ``max_epochs``); the final model is
+        refitted with the best parameters and the full budget.
+    trial_train_rows : int
+        Trials train on the most recent this-many training windows (``0``: all of them); the
+        final fit uses every training window. Validation windows are never subsampled.
+    hidden, layers : (int, int)
+        Inclusive ranges of the LSTM hidden units (sampled on a log scale) and stacked layers.
+    dropout : (float, float)
+        Inclusive range of the dropout rate, in ``[0, 1)``.
+    lr : (float, float)
+        Inclusive range of the Adam learning rate (log scale, ``> 0``).
+    sampler_startup_trials : int
+        ``TPESampler(n_startup_trials=...)``: random trials before TPE models the search space
+        (Optuna's default, 10, would make a budget of 8 trials a pure random search).
+    pruner_startup_trials : int
+        ``MedianPruner(n_startup_trials=...)``: trials completed before any is pruned.
+    pruner_warmup_steps : int
+        ``MedianPruner(n_warmup_steps=...)``: epochs of a trial before it can be pruned.
+    seed : int
+        Seed of the TPE sampler (the trials' training seed is the model's).
+    """
+
+    n_trials: int = 8
+    timeout_minutes: float = 10.0
+    trial_max_epochs: int = 6
+    trial_train_rows: int = 20_000
+    hidden: tuple[int, int] = (16, 64)
+    layers: tuple[int, int] = (1, 2)
+    dropout: tuple[float, float] = (0.0, 0.3)
+    lr: tuple[float, float] = (1e-3, 1e-2)
+    sampler_startup_trials: int = 4
+    pruner_startup_trials: int = 3
+    pruner_warmup_steps: int = 2
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ValueError:
+            return ValueError(f"[tuning] {key} = {getattr(self, key)!r}: {why}")
+
+        for key in ("n_trials", "trial_train_rows", "sampler_startup_trials",
+                    "pruner_startup_trials", "pruner_warmup_steps", "seed"):
+            if getattr(self, key) < 0:
+                raise bad(key, "must be >= 0")
+        if self.trial_max_epochs < 1:
+            raise bad("trial_max_epochs", "must be >= 1")
+        if not (math.isfinite(self.timeout_minutes) and self.timeout_minutes > 0):
+            raise bad("timeout_minutes", "must be a positive number of minutes")
+        for key, low in (("hidden", 1), ("layers", 1), ("dropout", 0.0), ("lr", 0.0)):
+            lo, hi = getattr(self, key)
+            if not lo <= hi:
+                raise bad(key, "need [low, high] with low <= high")
+            if lo < low or (key == "lr" and lo <= 0):
+                raise bad(key, f"low must be {'> 0' if key == 'lr' else f'>= {low}'}")
+        if self.dropout[1] >= 1:
+            raise bad("dropout", "high must be < 1")
+
+    @property
+    def enabled(self) -> bool:
+        """True when the full retrain runs a study (``n_trials > 0``)."""
+        return self.n_trials > 0
+
+
+@dataclass(frozen=True)
 class CycleConfig:
     windows: StageWindows = field(default_factory=StageWindows)
     cadence: CadenceConfig = field(default_factory=CadenceConfig)
     pools: PoolConfig = field(default_factory=PoolConfig)
     #: The ``[monitoring]`` table, validated by :class:`pipelines.monitoring.MonitorThresholds`.
     monitoring: Mapping[str, Any] = field(default_factory=dict)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
 
 def config_path() -> Path:
@@ -100,6 +177,43 @@ def _section(cls: type, table: Mapping[str, Any], name: str, path: Path) -> Any:
     return cls(**values)
 
 
+def _number(raw: Any, integer: bool) -> bool:
+    if isinstance(raw, bool):
+        return False
+    return isinstance(raw, int) if integer else isinstance(raw, int | float)
+
+
+def _tuning_section(table: Mapping[str, Any], path: Path) -> TuningConfig:
+    """:class:`TuningConfig` of the ``[tuning]`` table: types, then ranges, naming the key."""
+    known = {f.name for f in fields(TuningConfig)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(f"{path}: [tuning] has unknown keys {unknown}; known: {sorted(known)}")
+    defaults = TuningConfig()
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            integer = isinstance(default[0], int)
+            if not (isinstance(raw, list) and len(raw) == 2
+                    and all(_number(v, integer) for v in raw)):
+                kind = "integers" if integer else "numbers"
+                raise ValueError(f"{path}: [tuning] {key} = {raw!r}: use [low, high] ({kind})")
+            values[key] = tuple(int(v) if integer else float(v) for v in raw)
+        elif isinstance(default, int):
+            if not _number(raw, integer=True):
+                raise ValueError(f"{path}: [tuning] {key} = {raw!r}: must be an integer")
+            values[key] = raw
+        else:
+            if not _number(raw, integer=False):
+                raise ValueError(f"{path}: [tuning] {key} = {raw!r}: must be a number")
+            values[key] = float(raw)
+    try:
+        return TuningConfig(**values)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
 def load_config(path: Path | None = None) -> CycleConfig:
     """Read the settings file; a missing file gives the defaults, a bad one a clear error."""
     p = path or config_path()
@@ -109,7 +223,7 @@ def load_config(path: Path | None = None) -> CycleConfig:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{p}: not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - {"windows", "cadence", "pools", "monitoring"})
+    unknown = sorted(set(raw) - {"windows", "cadence", "pools", "monitoring", "tuning"})
     if unknown:
         raise ValueError(f"{p}: unknown sections {unknown}")
     return CycleConfig(
@@ -117,6 +231,7 @@ def load_config(path: Path | None = None) -> CycleConfig:
         cadence=_section(CadenceConfig, raw.get("cadence", {}), "cadence", p),
         pools=_section(PoolConfig, raw.get("pools", {}), "pools", p),
         monitoring=dict(raw.get("monitoring", {})),
+        tuning=_tuning_section(raw.get("tuning", {}), p),
     )
 
 

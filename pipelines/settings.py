@@ -19,6 +19,7 @@ Environment knobs (all optional)::
     AFTERBELL_MLFLOW_URI      MLflow tracking URI     (sqlite:///$AFTERBELL_HOME/mlflow/mlflow.db)
     AFTERBELL_SERVE_HOST, AFTERBELL_SERVE_PORT                           (127.0.0.1, 8000)
     AFTERBELL_MAX_TRAIN_ROWS  cap on training windows, most recent kept (0: none)     (0)
+    AFTERBELL_OPTUNA_STORAGE  Optuna storage URL (sqlite:///$AFTERBELL_HOME/optuna/optuna.db)
     AFTERBELL_FEAST_REGISTRY_URL   Feast SQL registry of the production profile (SQLAlchemy URL)
                               (postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_feast)
     AFTERBELL_REDIS_URL       Feast Redis online store of the production profile, in Feast's

@@ -529,8 +529,16 @@ def plan_training(session: str, settings: Settings | None = None) -> Summary:
 def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     """Train the GARCH-LSTM on the point-in-time training set, register it, alias ``challenger``.
 
+    When tonight's plan (the session's ``plan_training`` record, planned here if missing) is a
+    full retrain (monthly, or the bootstrap run), an Optuna study within the ``[tuning]`` budget
+    of ``afterbell.toml`` picks the architecture first (:func:`pipelines.tuning.tune_lstm`), and
+    the model is refitted with the best trial's parameters; the weekly LSTM retrain fits the
+    configured one. The best parameters and the study's counts are logged to the MLflow run and
+    the version is tagged ``tuning_study``.
+
     A re-run of the same session reuses the version it registered (same data, same seed), so
-    the registry never holds duplicates for a session.
+    the registry never holds duplicates for a session; a re-run that never got that far reuses
+    the session's finished study instead of running new trials.
     """
     import mlflow
 
@@ -538,6 +546,7 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     from models.pyfunc import log_lstm_model
     from pipelines import registry
     from pipelines.datasets import stack_windows
+    from pipelines.schedule import load_config
 
     d, s = _setup(session, settings)
     existing = registry.version_for_session(s, d.isoformat())
@@ -563,6 +572,22 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     x_va = stack_windows(va["seq"], spec.lookback, nf)
     y_tr = tr["target"].to_numpy(np.float32)
     y_va = va["target"].to_numpy(np.float32)
+    plan = _stored_record(s, d, "plan_training") or plan_training(session, s)
+    tuning_cfg = load_config().tuning
+    tuned = None
+    if plan.get("kind") == "full" and tuning_cfg.enabled:
+        from pipelines import tuning
+
+        tuned = tuning.tune_lstm(
+            spec, x_tr, y_tr, x_va, y_va, tuning_cfg,
+            storage=tuning.study_storage(s),
+            study_name=tuning.study_name(s.model_name, d.isoformat(), spec, tuning_cfg,
+                                         len(x_tr), len(x_va)),
+        )
+        if not tuned.best_params:
+            log.warning("heavy %s: no trial of %s completed; fitting the configured spec", d,
+                        tuned.study_name)
+        spec = tuning.best_spec(spec, tuned)
     log.info("heavy %s: training on %d windows, early stopping on %d", d, len(tr), len(va))
     fitted = fit_lstm(spec, x_tr, y_tr, x_va, y_va)
     cols = seq_columns(spec.lookback, nf)
@@ -576,6 +601,17 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
                            **seg.as_dict(), "train_rows": len(tr), "valid_rows": len(va)})
         for epoch, (lt, lv) in enumerate(zip(fitted.train_loss, fitted.valid_loss, strict=False)):
             mlflow.log_metrics({"train_loss": lt, "valid_loss": lv}, step=epoch)
+        if tuned is not None:
+            mlflow.set_tag("tuning_study", tuned.study_name)
+            mlflow.log_params({
+                **{f"tuning.{k}": v for k, v in tuned.best_params.items()},
+                "tuning.study": tuned.study_name, "tuning.budget_trials": tuning_cfg.n_trials,
+                "tuning.budget_minutes": tuning_cfg.timeout_minutes,
+            })
+            mlflow.log_metrics({k: v for k, v in {
+                "tuning.n_trials": tuned.n_trials, "tuning.n_pruned": tuned.n_pruned,
+                "tuning.best_value": tuned.best_value, "tuning.elapsed_s": tuned.elapsed_s,
+            }.items() if math.isfinite(v)})
         info = log_lstm_model(fitted, name="model", registered_model_name=s.model_name,
                               input_example=example)
         version = str(info.registered_model_version)
@@ -585,6 +621,7 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
         "valid_range": f"{seg.valid[0]}..{seg.valid[1]}",
         "holdout_range": f"{seg.test[0]}..{seg.test[1]}",
         "horizon": s.horizon, "run_id": run.info.run_id,
+        **({"tuning_study": tuned.study_name} if tuned is not None else {}),
     })
     from pipelines.monitoring import clear_retrain, pending_retrain
 
@@ -597,6 +634,7 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
         "session": d.isoformat(), "model": s.model_name, "version": version,
         "alias": ALIAS_CHALLENGER, "train_rows": len(tr),
         "valid_rows": len(va), "best_valid_loss": float(min(fitted.valid_loss)),
+        **({"tuning": tuned.to_record()} if tuned is not None else {}),
     })
     return {**record, "reused": False}
 

@@ -41,4 +41,5 @@ def small_env(home: Path) -> dict[str, str]:
         "AFTERBELL_MAX_EPOCHS": "3",
         "AFTERBELL_HIDDEN": "16",
         "AFTERBELL_SESSION": SESSION.isoformat(),
+        "AFTERBELL_CONFIG": str(Path(__file__).with_name("small_cycle.toml")),
     }

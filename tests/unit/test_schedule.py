@@ -105,3 +105,14 @@ def test_bad_data_fails_the_task_without_retry(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(stages, "ingest", transient)
     with pytest.raises(OSError):  # retried by Airflow with backoff
         tasks.run_stage("ingest", "2018-12-31")
+
+
+def test_the_integration_tests_config_differs_from_the_shipped_one_only_in_tuning() -> None:
+    from dataclasses import replace
+
+    from pipelines.settings import REPO_ROOT
+
+    shipped = load_config(REPO_ROOT / "afterbell.toml")
+    small = load_config(REPO_ROOT / "tests" / "small_cycle.toml")
+    assert small.tuning.n_trials == 2
+    assert replace(small, tuning=shipped.tuning) == shipped
