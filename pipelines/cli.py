@@ -47,6 +47,22 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--session", help="NYSE session YYYY-MM-DD (default: AFTERBELL_SESSION)")
     sm.add_argument("--no-serve", action="store_true", help="do not start the app to query it")
 
+    ev = sub.add_parser("evaluate", help="walk-forward evaluation of the GARCH-LSTM against "
+                        "baselines on the replay data; writes a markdown report")
+    ev.add_argument("--symbols", nargs="+", metavar="SYMBOL",
+                    help="replay symbols, space- or comma-separated (default: all 22; --quick: "
+                    "SPX AAPL)")
+    ev.add_argument("--start-oos", default="2010-01-04", help="first out-of-sample session")
+    ev.add_argument("--horizon", type=int, default=22, help="sessions of the realised-vol target")
+    ev.add_argument("--refit-every", type=int, default=None,
+                    help="test sessions per fold (default 252; --quick: 126)")
+    ev.add_argument("--epochs", type=int, default=None,
+                    help="GARCH-LSTM epoch budget per fold (default 10; --quick: 2)")
+    ev.add_argument("--quick", action="store_true",
+                    help="a small run: 2 symbols, 2 folds, tiny network (for tests)")
+    ev.add_argument("--out", default="docs/evaluation.md", help="markdown report to write")
+    ev.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
     sub.add_parser("env", help="write $AFTERBELL_HOME/env.sh and print the environment")
     sub.add_parser("init", help="prepare the state directory (Airflow DB, env.sh, Feast)")
     return p
@@ -115,6 +131,48 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     port = args.port or settings.serve_port
     _say(f"serving {settings.model_name}@{ALIAS_CHAMPION} on http://{host}:{port}")
     serve(settings, host, port)
+    return 0
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from pipelines.evaluation_run import EvaluationConfig, evaluate
+
+    changes: dict[str, Any] = {"start_oos": date.fromisoformat(args.start_oos),
+                               "horizon": args.horizon}
+    if args.symbols:
+        changes["symbols"] = tuple(s for item in args.symbols for s in item.split(",") if s)
+    if args.refit_every is not None:
+        changes["refit_every"] = args.refit_every
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    cfg = EvaluationConfig.quick(**changes) if args.quick else EvaluationConfig(**changes)
+    words = ["afterbell", "evaluate"]
+    if args.symbols:
+        words += ["--symbols", *cfg.symbols]
+    if args.start_oos != "2010-01-04":
+        words += ["--start-oos", args.start_oos]
+    if args.horizon != 22:
+        words += ["--horizon", str(args.horizon)]
+    if args.refit_every is not None:
+        words += ["--refit-every", str(args.refit_every)]
+    if args.epochs is not None:
+        words += ["--epochs", str(args.epochs)]
+    if args.quick:
+        words.append("--quick")
+    if args.out != "docs/evaluation.md":
+        words += ["--out", args.out]
+    if args.no_mlflow:
+        words.append("--no-mlflow")
+    out = Path(args.out)
+    _say(f"evaluating {len(cfg.symbols)} symbols, horizon {cfg.horizon}, out of sample from "
+         f"{cfg.start_oos}, folds of {cfg.refit_every} sessions, {cfg.epochs} epochs")
+    result = evaluate(cfg, out, command=" ".join(words),
+                      settings=None if args.no_mlflow else settings)
+    print(result.summary.to_string(index=False))
+    _say(f"report written to {out} in {result.timings.get('total_seconds', 0):.0f}s"
+         + ("" if args.no_mlflow else "; logged to MLflow experiment 'evaluation'"))
     return 0
 
 
@@ -219,6 +277,7 @@ COMMANDS = {
     "stage": cmd_stage,
     "ingest": cmd_ingest,
     "serve": cmd_serve,
+    "evaluate": cmd_evaluate,
     "env": cmd_env,
     "init": cmd_init,
     "summary": cmd_summary,
