@@ -90,11 +90,23 @@ class AirflowStack:
         self._logs: list[Any] = []
 
     # ------------------------------------------------------------------ CLI
-    def airflow(self, *args: str, timeout: float = 180) -> str:
-        """Run ``airflow ARGS`` in the stack's environment; its output; AirflowError on failure."""
-        proc = subprocess.run(["airflow", *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        out = proc.stdout + proc.stderr
+    def airflow(self, *args: str, timeout: float = 180, attempts: int = 3) -> str:
+        """Run ``airflow ARGS`` in the stack's environment; its output; AirflowError on failure.
+
+        On the embedded SQLite database a CLI write can still fail with "database is locked"
+        while the scheduler writes (SQLite refuses a lock upgrade at once, whatever the busy
+        timeout, when waiting could deadlock); the command's transaction is rolled back, so it is
+        run again, as the README tells users to. Any other failure is raised at once.
+        """
+        for attempt in range(1, attempts + 1):
+            proc = subprocess.run(["airflow", *args], env=self.env, capture_output=True,
+                                  text=True, timeout=timeout, check=False)
+            out = proc.stdout + proc.stderr
+            if proc.returncode == 0 or "database is locked" not in out or attempt == attempts:
+                break
+            print(f"[airflow] `{' '.join(args[:2])}` hit 'database is locked'; retrying",
+                  flush=True)
+            time.sleep(5)
         if proc.returncode != 0:
             raise AirflowError(
                 f"`airflow {' '.join(args)}` exited {proc.returncode}:\n{out[-4000:]}"
