@@ -290,14 +290,22 @@ class WindowDataModule(L.LightningDataModule):
         self.seed = seed
         self._data: dict[str, TensorDataset] = {}
         for name, (X, y) in segments.items():
-            x_arr = np.asarray(X, dtype=np.float32)
-            y_arr = np.asarray(y, dtype=np.float32).ravel()
-            if x_arr.ndim != 3 or len(x_arr) != len(y_arr):
-                raise ValueError(
-                    f"segment {name!r}: need X (N, lookback, F) and y (N,), got "
-                    f"{x_arr.shape} and {y_arr.shape}"
-                )
+            x_arr, y_arr = self._arrays_of(name, X, y)
             self._data[name] = TensorDataset(torch.from_numpy(x_arr), torch.from_numpy(y_arr))
+
+    #: Batch size floor of the evaluation loaders (bigger batches are much faster on a CPU).
+    eval_batch: int = _EVAL_BATCH
+
+    def _arrays_of(self, name: str, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``X`` as float32 ``(N, lookback, F)`` and ``y`` as float32 ``(N,)``, checked."""
+        x_arr = np.ascontiguousarray(X, dtype=np.float32)
+        y_arr = np.ascontiguousarray(y, dtype=np.float32).ravel()
+        if x_arr.ndim != 3 or len(x_arr) != len(y_arr):
+            raise ValueError(
+                f"segment {name!r}: need X (N, lookback, F) and y (N,), got "
+                f"{x_arr.shape} and {y_arr.shape}"
+            )
+        return x_arr, y_arr
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -314,8 +322,7 @@ class WindowDataModule(L.LightningDataModule):
         gen = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             self.segment(name),
-            # Evaluation needs no small batches: bigger ones are much faster on a CPU.
-            batch_size=self.batch_size if shuffle else max(self.batch_size, _EVAL_BATCH),
+            batch_size=self.batch_size if shuffle else max(self.batch_size, self.eval_batch),
             shuffle=shuffle,
             generator=gen,
             num_workers=0,
@@ -326,6 +333,9 @@ class WindowDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self._data else "valid", shuffle=False)

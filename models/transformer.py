@@ -48,10 +48,9 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from models.losses import pinball_loss
-from models.lstm import quiet_lightning
+from models.lstm import WindowDataModule, quiet_lightning
 from models.uncertainty import conformal_report, coverage_tolerance, empirical_coverage
 from pipelines.settings import WINDOW_COLUMNS
 
@@ -403,7 +402,7 @@ def chronological_splits(
     return {k: (pd.Timestamp(days[a]), pd.Timestamp(days[b])) for k, (a, b) in bounds.items()}
 
 
-class TransformerDataModule(L.LightningDataModule):
+class TransformerDataModule(WindowDataModule):
     """Chronological named segments of windows and multi-horizon targets.
 
     Batches never mix segments; only ``"train"`` is shuffled, within itself, by a generator
@@ -431,23 +430,24 @@ class TransformerDataModule(L.LightningDataModule):
         windows: Mapping[str, PanelWindows] | None = None,
         splits: Mapping[str, tuple[pd.Timestamp, pd.Timestamp]] | None = None,
     ) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.seed = seed
+        super().__init__(segments, batch_size, seed)
         self.windows: dict[str, PanelWindows] = dict(windows or {})
         self.splits: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = dict(splits or {})
-        self._data: dict[str, TensorDataset] = {}
-        for name, (X, y) in segments.items():
-            x_arr = np.ascontiguousarray(X, dtype=np.float32)
-            y_arr = np.ascontiguousarray(y, dtype=np.float32)
-            if y_arr.ndim == 1:
-                y_arr = y_arr[:, None]
-            if x_arr.ndim != 3 or y_arr.ndim != 2 or len(x_arr) != len(y_arr):
-                raise ValueError(
-                    f"segment {name!r}: need X (N, lookback, F) and y (N, H), got "
-                    f"{x_arr.shape} and {y_arr.shape}"
-                )
-            self._data[name] = TensorDataset(torch.from_numpy(x_arr), torch.from_numpy(y_arr))
+
+    eval_batch: int = _EVAL_BATCH
+
+    def _arrays_of(self, name: str, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``X`` as float32 ``(N, lookback, F)`` and ``y`` as float32 ``(N, H)``, checked."""
+        x_arr = np.ascontiguousarray(X, dtype=np.float32)
+        y_arr = np.ascontiguousarray(y, dtype=np.float32)
+        if y_arr.ndim == 1:
+            y_arr = y_arr[:, None]
+        if x_arr.ndim != 3 or y_arr.ndim != 2 or len(x_arr) != len(y_arr):
+            raise ValueError(
+                f"segment {name!r}: need X (N, lookback, F) and y (N, H), got "
+                f"{x_arr.shape} and {y_arr.shape}"
+            )
+        return x_arr, y_arr
 
     @classmethod
     def from_panel(
@@ -492,43 +492,10 @@ class TransformerDataModule(L.LightningDataModule):
             splits=splits,
         )
 
-    @property
-    def segments(self) -> tuple[str, ...]:
-        return tuple(self._data)
-
-    def segment(self, name: str) -> TensorDataset:
-        """The dataset of one segment."""
-        try:
-            return self._data[name]
-        except KeyError:
-            raise KeyError(f"no segment {name!r}; have {list(self._data)}") from None
-
     def arrays(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(X, y)`` of one segment as numpy arrays (views of the tensors)."""
         x, y = self.segment(name).tensors
         return x.numpy(), y.numpy()
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.segment(name),
-            batch_size=self.batch_size if shuffle else max(self.batch_size, _EVAL_BATCH),
-            shuffle=shuffle,
-            generator=gen,
-            num_workers=0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test" if "test" in self._data else "valid", shuffle=False)
 
 
 # ------------------------------------------------------------------------------ network
