@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import mlflow
 import numpy as np
@@ -85,17 +85,40 @@ def _input_windows(model_input: pd.DataFrame, cols: list[str]) -> tuple[np.ndarr
     return X, frame.index
 
 
-class GarchLSTMPyfunc(PythonModel):
-    """``pyfunc`` wrapper of the :class:`~models.lstm.FittedLSTM` in ``artifacts["model_dir"]``."""
-
-    def __init__(self) -> None:
-        self._fitted: FittedLSTM | None = None
-
-    def load_context(self, context: PythonModelContext) -> None:
-        self._fitted = FittedLSTM.load(context.artifacts[_ARTIFACT_KEY])
+class _Spec(Protocol):
+    @property
+    def lookback(self) -> int: ...
 
     @property
-    def fitted(self) -> FittedLSTM:
+    def n_features(self) -> int: ...
+
+
+class _HasSpec(Protocol):
+    @property
+    def spec(self) -> _Spec: ...
+
+
+_Fitted = TypeVar("_Fitted", bound=_HasSpec)
+
+
+class _WindowPyfunc(PythonModel, Generic[_Fitted]):
+    """A pyfunc over flattened input windows (:func:`~models.lstm.seq_columns`) of a fitted
+    network saved in ``artifacts["model_dir"]``; subclasses say how to load and predict."""
+
+    def __init__(self) -> None:
+        self._fitted: _Fitted | None = None
+
+    def _load(self, path: str) -> _Fitted:
+        raise NotImplementedError
+
+    def _forecast(self, X: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def load_context(self, context: PythonModelContext) -> None:
+        self._fitted = self._load(context.artifacts[_ARTIFACT_KEY])
+
+    @property
+    def fitted(self) -> _Fitted:
         if self._fitted is None:
             raise RuntimeError("model not loaded: load_context has not run")
         return self._fitted
@@ -120,48 +143,30 @@ class GarchLSTMPyfunc(PythonModel):
             If some input column is missing or a value is not finite.
         """
         X, index = _input_windows(model_input, self.columns)
+        return self._forecast(X, index)
+
+
+class GarchLSTMPyfunc(_WindowPyfunc["FittedLSTM"]):
+    """``pyfunc`` wrapper of the :class:`~models.lstm.FittedLSTM` in ``artifacts["model_dir"]``:
+    one ``forecast`` column."""
+
+    def _load(self, path: str) -> FittedLSTM:
+        return FittedLSTM.load(path)
+
+    def _forecast(self, X: np.ndarray, index: pd.Index) -> pd.DataFrame:
         return pd.DataFrame({FORECAST_COLUMN: self.fitted.predict(X)}, index=index)
 
 
-class TransformerPyfunc(PythonModel):
+class TransformerPyfunc(_WindowPyfunc["FittedTransformer"]):
     """``pyfunc`` wrapper of the :class:`~models.transformer.FittedTransformer` in
-    ``artifacts["model_dir"]``."""
+    ``artifacts["model_dir"]``: the columns of :meth:`FittedTransformer.predict`."""
 
-    def __init__(self) -> None:
-        self._fitted: FittedTransformer | None = None
-
-    def load_context(self, context: PythonModelContext) -> None:
+    def _load(self, path: str) -> FittedTransformer:
         from models.transformer import FittedTransformer
 
-        self._fitted = FittedTransformer.load(context.artifacts[_ARTIFACT_KEY])
+        return FittedTransformer.load(path)
 
-    @property
-    def fitted(self) -> FittedTransformer:
-        if self._fitted is None:
-            raise RuntimeError("model not loaded: load_context has not run")
-        return self._fitted
-
-    @property
-    def columns(self) -> list[str]:
-        """Input columns, in order."""
-        spec = self.fitted.spec
-        return seq_columns(spec.lookback, spec.n_features)
-
-    def predict(
-        self,
-        context: PythonModelContext | None,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """Forecasts (:meth:`FittedTransformer.predict`) of the windows in ``model_input``
-        (index preserved).
-
-        Raises
-        ------
-        ValueError
-            If some input column is missing or a value is not finite.
-        """
-        X, index = _input_windows(model_input, self.columns)
+    def _forecast(self, X: np.ndarray, index: pd.Index) -> pd.DataFrame:
         return self.fitted.predict(X, index=index)
 
 
