@@ -471,6 +471,51 @@ def quiet_lightning() -> Iterator[None]:
         torch.backends.cudnn.benchmark = benchmark
 
 
+
+def train_best(
+    module: L.LightningModule,
+    data: L.LightningDataModule,
+    workdir: str,
+    *,
+    max_epochs: int,
+    patience: int,
+    callbacks: Sequence[Callback] = (),
+    accelerator: str = "auto",
+    precision: str | None = None,
+    deterministic: bool | str = True,
+) -> None:
+    """Fit ``module`` with early stopping on ``val_loss`` and leave it with its best epoch's
+    weights (a checkpoint callback in ``workdir``); no logger, no progress bar."""
+    checkpoint = ModelCheckpoint(
+        dirpath=workdir,
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        save_weights_only=True,
+        enable_version_counter=False,
+    )
+    stopper = EarlyStopping(monitor="val_loss", mode="min", patience=patience)
+    extra: dict[str, Any] = {} if precision is None else {"precision": precision}
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=max_epochs,
+        deterministic=deterministic,  # type: ignore[arg-type]
+        callbacks=[stopper, checkpoint, *callbacks],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=workdir,
+        **extra,
+    )
+    trainer.fit(module, datamodule=data)
+    if checkpoint.best_model_path:
+        ckpt = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(ckpt["state_dict"])
+
+
 def fit_lstm(
     spec: LSTMSpec,
     X_train: np.ndarray,
@@ -523,32 +568,8 @@ def fit_lstm(
             batch_size=spec.batch_size,
             seed=spec.seed,
         )
-        checkpoint = ModelCheckpoint(
-            dirpath=tmp,
-            filename="best",
-            monitor="val_loss",
-            mode="min",
-            save_top_k=1,
-            save_weights_only=True,
-            enable_version_counter=False,
-        )
-        stopper = EarlyStopping(monitor="val_loss", mode="min", patience=spec.patience)
-        trainer = L.Trainer(
-            accelerator="auto",
-            devices=1,
-            max_epochs=spec.max_epochs,
-            deterministic=True,
-            callbacks=[stopper, checkpoint, EpochProgress(), *callbacks],
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp,
-        )
-        trainer.fit(module, datamodule=data)
-        if checkpoint.best_model_path:
-            ckpt = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-            module.load_state_dict(ckpt["state_dict"])
+        train_best(module, data, tmp, max_epochs=spec.max_epochs, patience=spec.patience,
+                   callbacks=[EpochProgress(), *callbacks])
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
     valid = list(module.valid_history)
     return FittedLSTM(

@@ -46,11 +46,11 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from models.losses import pinball_loss
-from models.lstm import WindowDataModule, quiet_lightning
+from models.lstm import WindowDataModule, quiet_lightning, train_best
 from models.uncertainty import conformal_report, coverage_tolerance, empirical_coverage
 from pipelines.settings import WINDOW_COLUMNS
 
@@ -957,33 +957,9 @@ def fit_transformer(
         L.seed_everything(spec.seed, workers=True, verbose=False)
         net = PatchTSTNet(spec, x_mean=x_mean, x_std=x_std, y_scale=y_scale)
         module = TransformerModule(spec, net)
-        checkpoint = ModelCheckpoint(
-            dirpath=tmp,
-            filename="best",
-            monitor="val_loss",
-            mode="min",
-            save_top_k=1,
-            save_weights_only=True,
-            enable_version_counter=False,
-        )
-        stopper = EarlyStopping(monitor="val_loss", mode="min", patience=spec.patience)
-        trainer = L.Trainer(
-            accelerator=acc,
-            devices=1,
-            precision=prec,  # type: ignore[arg-type]
-            max_epochs=spec.max_epochs,
-            deterministic=True if acc == "cpu" else "warn",
-            callbacks=[stopper, checkpoint, TransformerEpochProgress(), *callbacks],
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp,
-        )
-        trainer.fit(module, datamodule=data)
-        if checkpoint.best_model_path:
-            ckpt = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-            module.load_state_dict(ckpt["state_dict"])
+        train_best(module, data, tmp, max_epochs=spec.max_epochs, patience=spec.patience,
+                   callbacks=[TransformerEpochProgress(), *callbacks], accelerator=acc,
+                   precision=prec, deterministic=True if acc == "cpu" else "warn")
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
     history = {k: list(v) for k, v in module.history.items()}
     valid = history["valid_total"]
