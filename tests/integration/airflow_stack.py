@@ -217,6 +217,17 @@ class AirflowStack:
         rows = self.query("SELECT max(id) FROM backfill WHERE dag_id = ?", (dag_id,))
         return rows[0][0] if rows else None
 
+    def wait_backfill_completed(self, backfill_id: int, timeout: float = 120) -> None:
+        """Wait until the scheduler has marked the backfill complete (``completed_at`` set), so
+        that a following CLI write does not race the scheduler's own bookkeeping on SQLite."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.query("SELECT completed_at FROM backfill WHERE id = ?", (backfill_id,))
+            if rows and rows[0][0] is not None:
+                return
+            time.sleep(1)
+        raise AirflowError(f"backfill {backfill_id} not marked complete within {timeout:.0f} s")
+
     def backfill_runs(self, backfill_id: int) -> list[dict[str, Any]]:
         """The DAG runs of a backfill (created or cleared for it), in logical-date order."""
         rows = self.query(

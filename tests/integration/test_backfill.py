@@ -150,6 +150,7 @@ def test_backfill_five_sessions_then_reprocess_is_byte_identical(
     # the stages' JSON records as they were, to show what a reprocess changed
     shutil.copytree(home / "runs", root / "runs-before-reprocess")
 
+    airflow.wait_backfill_completed(first)
     airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM,
                     "--to-date", TO, "--max-active-runs", "1", "--reprocess-behavior", "completed")
     second = airflow.latest_backfill_id(DAG_ID)
