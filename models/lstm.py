@@ -341,6 +341,26 @@ class WindowDataModule(L.LightningDataModule):
         return self._loader("test" if "test" in self._data else "valid", shuffle=False)
 
 
+
+def save_fitted(
+    path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """Write a fitted network's folder: ``state_dict.pt`` (CPU tensors) and ``fitted.json``."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, folder / _STATE_FILE)
+    (folder / _META_FILE).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_fitted(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a folder written by :func:`save_fitted` (weights with ``weights_only=True``)."""
+    folder = Path(path)
+    meta = json.loads((folder / _META_FILE).read_text())
+    state = torch.load(folder / _STATE_FILE, map_location="cpu", weights_only=True)
+    return dict(state), meta
+
+
 @dataclass
 class FittedLSTM:
     """A trained GARCH-LSTM: spec, best weights and training history.
@@ -389,27 +409,20 @@ class FittedLSTM:
 
     def save(self, path: str | Path) -> Path:
         """Write ``state_dict.pt`` and ``fitted.json`` into the folder ``path`` (created)."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict.items()}, folder / _STATE_FILE)
-        meta = {
+        return save_fitted(path, self.state_dict, {
             "spec": self.spec.to_dict(),
             "train_loss": self.train_loss,
             "valid_loss": self.valid_loss,
             "best_epoch": self.best_epoch,
-        }
-        (folder / _META_FILE).write_text(json.dumps(meta, indent=2))
-        return folder
+        })
 
     @classmethod
     def load(cls, path: str | Path) -> FittedLSTM:
         """Read a model written by :meth:`save` (weights loaded with ``weights_only=True``)."""
-        folder = Path(path)
-        meta = json.loads((folder / _META_FILE).read_text())
-        state = torch.load(folder / _STATE_FILE, map_location="cpu", weights_only=True)
+        state, meta = load_fitted(path)
         return cls(
             spec=LSTMSpec.from_dict(meta["spec"]),
-            state_dict=dict(state),
+            state_dict=state,
             train_loss=[float(v) for v in meta["train_loss"]],
             valid_loss=[float(v) for v in meta["valid_loss"]],
             best_epoch=int(meta["best_epoch"]),

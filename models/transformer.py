@@ -33,7 +33,6 @@ Returns are in log-return units, not annualised: ``vol_h`` is the standard devia
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -50,7 +49,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from models.losses import pinball_loss
-from models.lstm import WindowDataModule, quiet_lightning, train_best
+from models.lstm import (
+    WindowDataModule,
+    load_fitted,
+    quiet_lightning,
+    save_fitted,
+    train_best,
+)
 from models.uncertainty import conformal_report, coverage_tolerance, empirical_coverage
 from pipelines.settings import WINDOW_COLUMNS
 
@@ -76,8 +81,6 @@ __all__ = [
 #: Parts of the multi-task loss, in the order they are logged (``total`` is their weighted sum).
 LOSS_PARTS: tuple[str, ...] = ("direction", "nll", "quantile", "total")
 
-_STATE_FILE = "state_dict.pt"
-_META_FILE = "fitted.json"
 _MIN_STD = 1e-8
 _EVAL_BATCH = 1024
 _LOG_VAR_BOUNDS = (-12.0, 8.0)  # standardised units: variance between 6e-6 and 3000 scale^2
@@ -841,28 +844,21 @@ class FittedTransformer:
 
     def save(self, path: str | Path) -> Path:
         """Write ``state_dict.pt`` and ``fitted.json`` into the folder ``path`` (created)."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict.items()}, folder / _STATE_FILE)
-        meta = {
+        return save_fitted(path, self.state_dict, {
             "spec": self.spec.to_dict(),
             "history": self.history,
             "best_epoch": self.best_epoch,
             "feature_columns": list(self.feature_columns) if self.feature_columns else None,
-        }
-        (folder / _META_FILE).write_text(json.dumps(meta, indent=2))
-        return folder
+        })
 
     @classmethod
     def load(cls, path: str | Path) -> FittedTransformer:
         """Read a model written by :meth:`save` (weights loaded with ``weights_only=True``)."""
-        folder = Path(path)
-        meta = json.loads((folder / _META_FILE).read_text())
-        state = torch.load(folder / _STATE_FILE, map_location="cpu", weights_only=True)
+        state, meta = load_fitted(path)
         cols = meta.get("feature_columns")
         return cls(
             spec=TransformerSpec.from_dict(meta["spec"]),
-            state_dict=dict(state),
+            state_dict=state,
             history={k: [float(v) for v in vs] for k, vs in meta["history"].items()},
             best_epoch=int(meta["best_epoch"]),
             feature_columns=tuple(cols) if cols else None,
