@@ -32,14 +32,15 @@ early closes and DST included). The data interval is the session from the open t
 | `close_analysis` | the close | `ingest` → `build_features` → `monitor` |
 | `light_training` | 17:00 | `refit_garch` |
 | `data_processing` | 19:00 | `build_feature_tables` → `materialize` |
-| `heavy_training` | 22:00 | `plan` (cadence / retrain trigger) → `train_challenger` |
+| `heavy_training` | 22:00 | `plan` (cadence / retrain) → `train_challenger` → `train_transformer` |
 | `validation` | 02:00 next day | `validate_and_promote` |
 | `pre_market` | 07:00 next session | `pre_market` |
 
 Each stage first waits for its window with a deferrable sensor (no worker slot held); in a backfill
 the windows are past and the run goes straight through. Windows and cadence live in
 `afterbell.toml`. The heavy stage runs on the last session of each week (LSTM) and month (full),
-or when monitoring requested a retrain; its `plan` task logs why it runs or is skipped. Training
+or when monitoring requested a retrain; its `plan` task logs why it runs or is skipped, and
+`train_transformer` trains the PatchTST forecaster on full retrains only. Training
 tasks use the `training` pool. Bad data fails a task at once; other errors retry with backoff.
 """
 
@@ -157,7 +158,8 @@ def nightly_cycle():
 
     @task_group
     def heavy_training(session: str) -> None:
-        """Train the GARCH-LSTM challenger when the cadence or monitoring asks for it."""
+        """Train the GARCH-LSTM challenger when the cadence or monitoring asks for it; on a full
+        retrain also the PatchTST return forecaster (its own registered model)."""
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
         def plan(session: str) -> bool:
@@ -171,7 +173,14 @@ def nightly_cycle():
 
             return run_stage("train_challenger", session)
 
-        _window("heavy_training") >> plan(session) >> train_challenger(session)
+        @task(pool="training")
+        def train_transformer(session: str) -> dict:
+            from pipelines.tasks import run_stage
+
+            return run_stage("train_transformer", session)
+
+        (_window("heavy_training") >> plan(session) >> train_challenger(session)
+         >> train_transformer(session))
 
     @task_group
     def validation(session: str) -> None:

@@ -73,6 +73,8 @@ garch_features = FeatureView(
         Field(name="garch_vol", dtype=Float64, description="Annualised conditional vol."),
         Field(name="garch_forecast", dtype=Float64, description="Vol forecast, next horizon."),
         Field(name="garch_std_resid", dtype=Float64, description="Standardised residual."),
+        Field(name="egarch_forecast", dtype=Float64, description="EGARCH vol forecast."),
+        Field(name="ewma_forecast", dtype=Float64, description="RiskMetrics EWMA vol forecast."),
     ],
     online=True,
     source=garch_features_source,

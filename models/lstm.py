@@ -1,8 +1,10 @@
 """GARCH-LSTM hybrid volatility forecaster (in the spirit of Kim & Won, 2018).
 
 An LSTM reads a window of the last ``lookback`` sessions of ``WINDOW_COLUMNS`` (returns, realised
-vols and the GARCH conditional vol and forecast) and predicts the annualised realised volatility of
-the next ``horizon`` sessions. The pieces compose like this:
+vols, the GARCH conditional vol and the GARCH, EGARCH and EWMA forecasts, as in Kim & Won's hybrid)
+and predicts the annualised realised volatility of the next ``horizon`` sessions and, with
+``extra_horizons``, of other horizons too (one head each; the nightly model has 1 and 22 beside
+its primary horizon, Kim & Won's daily and monthly targets). The pieces compose like this:
 
 - :class:`LSTMSpec`: architecture and training budget (from
   :class:`~pipelines.settings.TrainConfig`),
@@ -13,7 +15,8 @@ the next ``horizon`` sessions. The pieces compose like this:
 
 Training minimises the L1 loss (MAE) of the volatility: it is the headline evaluation metric, and
 unlike MSE it is not dominated by the few crisis windows whose realised vol is several times the
-median.
+median. With several horizons the loss is the mean of the per-horizon L1 losses (every head gets
+the same gradient weight whatever the scale of its target).
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ __all__ = [
     "GarchLSTMModule",
     "GarchLSTMNet",
     "LSTMSpec",
+    "MlflowEpochLogger",
     "WindowDataModule",
+    "default_precision",
     "fit_lstm",
+    "resolve_accelerator",
     "seq_columns",
 ]
 
@@ -85,12 +91,16 @@ class LSTMSpec:
     n_features : int
         Features per session (``len(WINDOW_COLUMNS)``).
     horizon : int
-        Sessions ahead the target realised vol covers (metadata; it shapes the training target).
+        Sessions ahead the primary target realised vol covers (metadata; it shapes the training
+        target). :meth:`FittedLSTM.predict` returns this head.
     base_feature : int or None
         Index of the feature whose last value is the hybrid's base forecast (the GARCH forecast):
         the net predicts a multiplicative correction, ``vol = base * exp(head(h))``, so an
         untrained net starts from the GARCH forecast scaled by its median bias on the training
         segment. ``None`` predicts the level directly.
+    extra_horizons : tuple of int
+        Further horizons, one more output head each, after the primary one (the targets are then
+        ``(N, 1 + len(extra_horizons))``, in :attr:`horizons` order). Empty: one head.
     """
 
     lookback: int = 20
@@ -105,16 +115,37 @@ class LSTMSpec:
     n_features: int = len(WINDOW_COLUMNS)
     horizon: int = 5
     base_feature: int | None = None
+    extra_horizons: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        extra = tuple(int(h) for h in self.extra_horizons)
+        object.__setattr__(self, "extra_horizons", extra)
+        hs = self.horizons
+        if min(hs) < 1 or len(set(hs)) != len(hs):
+            raise ValueError(f"horizons must be distinct positive session counts, got {hs}")
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        """Every head's horizon, the primary ``horizon`` first."""
+        return (self.horizon, *self.extra_horizons)
+
+    @property
+    def n_outputs(self) -> int:
+        """Output heads, ``len(horizons)``."""
+        return len(self.horizons)
 
     @classmethod
-    def from_train_config(cls, cfg: TrainConfig, horizon: int) -> LSTMSpec:
-        """The spec of a :class:`~pipelines.settings.TrainConfig` and forecast horizon."""
+    def from_train_config(
+        cls, cfg: TrainConfig, horizon: int, extra_horizons: Sequence[int] = ()
+    ) -> LSTMSpec:
+        """The spec of a :class:`~pipelines.settings.TrainConfig` and forecast horizon(s)."""
         shared = {f.name for f in fields(cls)}
         return cls(
             **{k: v for k, v in asdict(cfg).items() if k in shared},
             n_features=len(WINDOW_COLUMNS),
             horizon=horizon,
             base_feature=WINDOW_COLUMNS.index("garch_forecast"),
+            extra_horizons=tuple(h for h in extra_horizons if h != horizon),
         )
 
     @property
@@ -127,7 +158,10 @@ class LSTMSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LSTMSpec:
-        return cls(**dict(data))
+        """Inverse of :meth:`to_dict` (also reads specs saved before ``extra_horizons``)."""
+        values = dict(data)
+        values["extra_horizons"] = tuple(values.get("extra_horizons", ()))
+        return cls(**values)
 
 
 def seq_columns(lookback: int, n_features: int) -> list[str]:
@@ -167,9 +201,10 @@ class GarchLSTMNet(nn.Module):
     x_mean, x_std : torch.Tensor, optional
         Per-feature standardisation (``n_features``,), fitted on the training segment. Defaults
         to identity; restored from the state dict when loading.
-    y_mean : float
+    y_mean : float or sequence of float
         Training target level used to initialise the head bias: the mean target, or with a
-        ``base_feature`` the median ratio of target to base.
+        ``base_feature`` the median ratio of target to base; one per head (a float: the same for
+        every head).
     """
 
     x_mean: torch.Tensor
@@ -180,7 +215,7 @@ class GarchLSTMNet(nn.Module):
         spec: LSTMSpec,
         x_mean: torch.Tensor | None = None,
         x_std: torch.Tensor | None = None,
-        y_mean: float = 0.2,
+        y_mean: float | Sequence[float] = 0.2,
     ) -> None:
         super().__init__()
         f = spec.n_features
@@ -194,24 +229,33 @@ class GarchLSTMNet(nn.Module):
             batch_first=True,
         )
         self.dropout = nn.Dropout(spec.dropout)
-        self.head = nn.Linear(spec.hidden, 1)
+        self.n_outputs = spec.n_outputs
+        self.head = nn.Linear(spec.hidden, self.n_outputs)
         self.base_feature = spec.base_feature
+        levels = [float(y_mean)] * self.n_outputs if isinstance(y_mean, int | float) else [
+            float(v) for v in y_mean
+        ]
+        if len(levels) != self.n_outputs:
+            raise ValueError(f"y_mean has {len(levels)} levels for {self.n_outputs} heads")
         with torch.no_grad():
-            self.head.bias.fill_(math.log(max(y_mean, 1e-6)))
+            self.head.bias.copy_(torch.tensor([math.log(max(v, 1e-6)) for v in levels]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Volatility forecasts ``(N,)`` of windows ``(N, lookback, n_features)``."""
+        """Volatility forecasts of windows ``(N, lookback, n_features)``: ``(N,)`` with one
+        head, ``(N, n_outputs)`` (columns in ``spec.horizons`` order) with several."""
         z = (x - self.x_mean) / self.x_std
         out, _ = self.lstm(z)
-        log_vol = self.head(self.dropout(out[:, -1, :])).squeeze(-1)
+        log_vol = self.head(self.dropout(out[:, -1, :]))
         if self.base_feature is not None:
             base = x[:, -1, self.base_feature].clamp_min(_MIN_BASE)
-            log_vol = log_vol + torch.log(base)
-        return torch.exp(log_vol.clamp(*_LOG_VOL_BOUNDS))
+            log_vol = log_vol + torch.log(base).unsqueeze(-1)
+        vol = torch.exp(log_vol.clamp(*_LOG_VOL_BOUNDS))
+        return vol.squeeze(-1) if self.n_outputs == 1 else vol
 
 
 class GarchLSTMModule(L.LightningModule):
-    """Lightning wrapper of :class:`GarchLSTMNet`: L1 loss on the volatility, Adam.
+    """Lightning wrapper of :class:`GarchLSTMNet`: L1 loss on the volatility (the mean over the
+    heads with several horizons), Adam.
 
     Epoch losses are the exact sample means of the absolute errors (not means of batch means) and
     are kept in :attr:`train_history` / :attr:`valid_history`; ``val_loss`` is logged for the
@@ -259,6 +303,10 @@ class GarchLSTMModule(L.LightningModule):
         total, n = self._sums["train"]
         self.train_history.append(total / max(n, 1.0))
 
+    def epoch_history(self) -> dict[str, list[float]]:
+        """Per-epoch losses so far (``train_loss``, ``valid_loss``), for logging callbacks."""
+        return {"train_loss": self.train_history, "valid_loss": self.valid_history}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.spec.lr)
 
@@ -272,7 +320,8 @@ class WindowDataModule(L.LightningDataModule):
     Parameters
     ----------
     segments : mapping of str to (X, y)
-        ``X`` of shape ``(N, lookback, n_features)``, ``y`` of shape ``(N,)``, oldest first.
+        ``X`` of shape ``(N, lookback, n_features)``, ``y`` of shape ``(N,)`` (or ``(N, H)`` for
+        ``H`` heads), oldest first.
     batch_size : int
         Batch size of every loader.
     seed : int
@@ -297,12 +346,15 @@ class WindowDataModule(L.LightningDataModule):
     eval_batch: int = _EVAL_BATCH
 
     def _arrays_of(self, name: str, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``X`` as float32 ``(N, lookback, F)`` and ``y`` as float32 ``(N,)``, checked."""
+        """``X`` as float32 ``(N, lookback, F)`` and ``y`` as float32 ``(N,)`` or ``(N, H)``
+        (``(N, 1)`` is flattened), checked."""
         x_arr = np.ascontiguousarray(X, dtype=np.float32)
-        y_arr = np.ascontiguousarray(y, dtype=np.float32).ravel()
-        if x_arr.ndim != 3 or len(x_arr) != len(y_arr):
+        y_arr = np.ascontiguousarray(y, dtype=np.float32)
+        if (y_arr.ndim == 2 and y_arr.shape[1] == 1) or y_arr.ndim == 0:
+            y_arr = y_arr.ravel()
+        if x_arr.ndim != 3 or y_arr.ndim > 2 or len(x_arr) != len(y_arr):
             raise ValueError(
-                f"segment {name!r}: need X (N, lookback, F) and y (N,), got "
+                f"segment {name!r}: need X (N, lookback, F) and y (N,) or (N, H), got "
                 f"{x_arr.shape} and {y_arr.shape}"
             )
         return x_arr, y_arr
@@ -393,19 +445,25 @@ class FittedLSTM:
             self._net = net
         return self._net
 
-    def predict(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        """Annualised vol forecasts ``(N,)`` of windows ``(N, lookback, F)`` or ``(N, lookback*F)``.
+    def predict_horizons(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """Annualised vol forecasts ``(N, len(spec.horizons))`` of windows ``(N, lookback, F)``
+        or ``(N, lookback*F)``, one column per head in ``spec.horizons`` order.
 
         Runs on the CPU in eval mode, in chunks of ``batch_size`` windows.
         """
         windows = _as_windows(X, self.spec)
         net = self.network()
-        out = np.empty(len(windows), dtype=np.float64)
+        out = np.empty((len(windows), self.spec.n_outputs), dtype=np.float64)
         with torch.inference_mode():
             for start in range(0, len(windows), batch_size):
                 chunk = torch.from_numpy(windows[start : start + batch_size])
-                out[start : start + len(chunk)] = net(chunk).numpy()
+                out[start : start + len(chunk)] = net(chunk).reshape(len(chunk), -1).numpy()
         return out
+
+    def predict(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """Annualised vol forecasts ``(N,)`` of the primary horizon (``spec.horizon``) of windows
+        ``(N, lookback, F)`` or ``(N, lookback*F)``; see :meth:`predict_horizons`."""
+        return self.predict_horizons(X, batch_size)[:, 0]
 
     def save(self, path: str | Path) -> Path:
         """Write ``state_dict.pt`` and ``fitted.json`` into the folder ``path`` (created)."""
@@ -445,17 +503,62 @@ class EpochProgress(Callback):
         )
 
 
+class MlflowEpochLogger(Callback):
+    """Log each finished epoch's losses to the active MLflow run, as training goes.
+
+    Works with any LightningModule that has ``epoch_history() -> {name: [value per epoch]}``
+    (both forecasters). An epoch is logged once its training and validation losses are both
+    closed, i.e. when the next epoch starts, and the last ones when fitting ends; ``step`` is
+    the zero-based epoch. Does nothing without an active run (e.g. in tuning trials).
+
+    Parameters
+    ----------
+    prefix : str
+        Prepended to every metric name.
+    """
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.logged = 0
+
+    def _flush(self, pl_module: L.LightningModule) -> None:
+        import mlflow
+
+        history = getattr(pl_module, "epoch_history", None)
+        if history is None or mlflow.active_run() is None:
+            return
+        series = history()
+        done = min((len(v) for v in series.values()), default=0)
+        for epoch in range(self.logged, done):
+            metrics = {f"{self.prefix}{k}": float(v[epoch]) for k, v in series.items()
+                       if math.isfinite(v[epoch])}
+            mlflow.log_metrics(metrics, step=epoch)
+        self.logged = max(self.logged, done)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(pl_module)
+
+
 def _check_segment(name: str, X: np.ndarray, y: np.ndarray, spec: LSTMSpec) -> np.ndarray:
     windows = _as_windows(X, spec)
-    target = np.asarray(y, dtype=np.float64).ravel()
+    target = np.asarray(y, dtype=np.float64)
+    target = target.reshape(len(target), -1) if target.ndim else target.reshape(1, 1)
     if len(windows) == 0 or len(windows) != len(target):
         raise ValueError(
             f"{name}: need as many (> 0) windows as targets, got {len(windows)} and {len(target)}"
         )
+    if target.shape[1] != spec.n_outputs:
+        raise ValueError(
+            f"{name}: need {spec.n_outputs} target column(s) (horizons {spec.horizons}), got "
+            f"{target.shape[1]}"
+        )
     if not (np.isfinite(windows).all() and np.isfinite(target).all()):
         raise ValueError(f"{name}: windows and targets must be finite")
-    if (target <= 0).any():
-        raise ValueError(f"{name}: target volatilities must be positive")
+    if (target < 0).any():  # zero is a real 1-session realised vol (an unchanged close)
+        raise ValueError(f"{name}: target volatilities must be non-negative")
     return windows
 
 
@@ -483,6 +586,22 @@ def quiet_lightning() -> Iterator[None]:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.backends.cudnn.benchmark = benchmark
 
+
+
+def default_precision(accelerator: str) -> str:
+    """Trainer precision: ``32-true`` on the CPU; on a GPU ``bf16-mixed`` where supported,
+    else ``16-mixed``."""
+    if accelerator in ("gpu", "cuda"):
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16-mixed" if bf16 else "16-mixed"
+    return "32-true"
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    """``"auto"`` as ``"gpu"`` when CUDA is available, else ``"cpu"``; others unchanged."""
+    if accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return accelerator
 
 
 def train_best(
@@ -536,6 +655,9 @@ def fit_lstm(
     X_valid: np.ndarray,
     y_valid: np.ndarray,
     callbacks: Sequence[Callback] = (),
+    *,
+    accelerator: str = "auto",
+    precision: str | None = None,
 ) -> FittedLSTM:
     """Train a GARCH-LSTM with early stopping and keep the best validation weights.
 
@@ -546,9 +668,15 @@ def fit_lstm(
     X_train, X_valid : numpy.ndarray
         Windows ``(N, lookback, n_features)`` (or flattened row-major), oldest first.
     y_train, y_valid : numpy.ndarray
-        Forward realised vol ``(N,)``, annualised decimal.
+        Forward realised vol, annualised decimal: ``(N,)``, or ``(N, len(spec.horizons))`` with
+        one column per horizon (primary first).
     callbacks : sequence of lightning.pytorch.callbacks.Callback
         Extra callbacks (e.g. an Optuna pruning callback monitoring ``val_loss``).
+    accelerator : str
+        Lightning accelerator; ``"auto"`` uses a CUDA GPU when there is one.
+    precision : str, optional
+        Trainer precision; by default :func:`default_precision` of the accelerator (mixed
+        precision on a GPU, ``32-true`` on the CPU).
 
     Returns
     -------
@@ -557,20 +685,22 @@ def fit_lstm(
 
     Notes
     -----
-    Seeds every generator with ``spec.seed`` and trains with ``deterministic=True``: two calls
-    with the same inputs on the same machine give identical weights. The input standardisation is
-    fitted on the training segment only.
+    Seeds every generator with ``spec.seed`` and trains with ``deterministic=True`` on the CPU:
+    two calls with the same inputs on the same machine give identical weights (on a GPU
+    determinism is requested in ``"warn"`` mode: cuDNN's LSTM backward is not deterministic).
+    The input standardisation is fitted on the training segment only.
     """
     x_tr = _check_segment("train", X_train, y_train, spec)
     x_va = _check_segment("valid", X_valid, y_valid, spec)
     flat = x_tr.reshape(-1, spec.n_features).astype(np.float64)
     x_mean = torch.from_numpy(flat.mean(axis=0)).float()
     x_std = torch.from_numpy(np.maximum(flat.std(axis=0), _MIN_STD)).float()
+    y_tr = np.asarray(y_train, dtype=np.float64).reshape(len(x_tr), -1)
     if spec.base_feature is None:
-        y_mean = float(np.mean(y_train))
+        y_mean = [float(v) for v in y_tr.mean(axis=0)]
     else:
         base = np.maximum(x_tr[:, -1, spec.base_feature].astype(np.float64), _MIN_BASE)
-        y_mean = float(np.median(np.asarray(y_train, dtype=np.float64) / base))
+        y_mean = [float(v) for v in np.median(y_tr / base[:, None], axis=0)]
 
     with quiet_lightning(), tempfile.TemporaryDirectory(prefix="garch_lstm_") as tmp:
         L.seed_everything(spec.seed, workers=True, verbose=False)
@@ -581,8 +711,11 @@ def fit_lstm(
             batch_size=spec.batch_size,
             seed=spec.seed,
         )
+        acc = resolve_accelerator(accelerator)
         train_best(module, data, tmp, max_epochs=spec.max_epochs, patience=spec.patience,
-                   callbacks=[EpochProgress(), *callbacks])
+                   callbacks=[EpochProgress(), *callbacks], accelerator=acc,
+                   precision=precision or default_precision(acc),
+                   deterministic=True if acc == "cpu" else "warn")
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
     valid = list(module.valid_history)
     return FittedLSTM(

@@ -3,8 +3,9 @@
 Two wrappers share one layout:
 
 - :class:`GarchLSTMPyfunc` (:func:`log_lstm_model`): the GARCH-LSTM volatility forecaster
-  (:class:`~models.lstm.FittedLSTM`); output: the single column ``forecast``, the annualised
-  volatility forecast over the model's horizon.
+  (:class:`~models.lstm.FittedLSTM`); output: ``forecast``, the annualised volatility forecast
+  over the model's primary horizon, then ``vol_h`` for every horizon ``h`` of its heads
+  (:func:`lstm_forecast_frame`).
 - :class:`TransformerPyfunc` (:func:`log_transformer_model`): the PatchTST multi-horizon
   forecaster (:class:`~models.transformer.FittedTransformer`); output: the
   :func:`~models.transformer.prediction_columns` (``prob_up_h, ret_h, vol_h, q10_h, q50_h,
@@ -12,6 +13,10 @@ Two wrappers share one layout:
 
 Input of both: one row per window, the float columns :func:`~models.lstm.seq_columns` (a
 flattened, row-major ``lookback x n_features`` window, oldest session first).
+
+The light stage's GARCH-family fits go the same way (:class:`GarchFamilyPyfunc`,
+:func:`log_garch_family`): input ``symbol, session, ret_1``, output every model's latest vol and
+forecast per symbol.
 
 A logged model is self-contained: the fitted model's folder (its ``save``) travels as the artifact
 ``model_dir``; the ``models`` package and the ``pipelines`` package it imports its settings from
@@ -41,16 +46,20 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from models.lstm import FittedLSTM, seq_columns
 
 if TYPE_CHECKING:
+    from models.garch import GarchFamily
     from models.transformer import FittedTransformer
 
 __all__ = [
     "CODE_PACKAGES",
     "FORECAST_COLUMN",
     "TORCH_CPU_INDEX",
+    "GarchFamilyPyfunc",
     "GarchLSTMPyfunc",
     "TransformerPyfunc",
+    "log_garch_family",
     "log_lstm_model",
     "log_transformer_model",
+    "lstm_forecast_frame",
     "pinned_requirements",
 ]
 
@@ -61,7 +70,9 @@ CODE_PACKAGES: tuple[str, ...] = ("models", "pipelines")
 #: Package index of the CPU builds of torch (first line of :func:`pinned_requirements`).
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 _ARTIFACT_KEY = "model_dir"
-_REQUIREMENTS = ("torch", "lightning", "mlflow", "pandas", "numpy", "cloudpickle")
+_REQUIREMENTS = (
+    "torch", "lightning", "mlflow", "pandas", "numpy", "cloudpickle", "arch", "scipy",
+)  # fmt: skip
 
 
 def _input_windows(model_input: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, pd.Index]:
@@ -146,15 +157,23 @@ class _WindowPyfunc(PythonModel, Generic[_Fitted]):
         return self._forecast(X, index)
 
 
+def lstm_forecast_frame(fitted: FittedLSTM, X: np.ndarray, index: pd.Index) -> pd.DataFrame:
+    """The GARCH-LSTM's output frame: ``forecast`` (primary horizon), then ``vol_h`` per head."""
+    pred = fitted.predict_horizons(X)
+    cols = {FORECAST_COLUMN: pred[:, 0]}
+    cols.update({f"vol_{h}": pred[:, i] for i, h in enumerate(fitted.spec.horizons)})
+    return pd.DataFrame(cols, index=index)
+
+
 class GarchLSTMPyfunc(_WindowPyfunc["FittedLSTM"]):
     """``pyfunc`` wrapper of the :class:`~models.lstm.FittedLSTM` in ``artifacts["model_dir"]``:
-    one ``forecast`` column."""
+    the columns of :func:`lstm_forecast_frame`."""
 
     def _load(self, path: str) -> FittedLSTM:
         return FittedLSTM.load(path)
 
     def _forecast(self, X: np.ndarray, index: pd.Index) -> pd.DataFrame:
-        return pd.DataFrame({FORECAST_COLUMN: self.fitted.predict(X)}, index=index)
+        return lstm_forecast_frame(self.fitted, X, index)
 
 
 class TransformerPyfunc(_WindowPyfunc["FittedTransformer"]):
@@ -168,6 +187,58 @@ class TransformerPyfunc(_WindowPyfunc["FittedTransformer"]):
 
     def _forecast(self, X: np.ndarray, index: pd.Index) -> pd.DataFrame:
         return self.fitted.predict(X, index=index)
+
+
+class GarchFamilyPyfunc(PythonModel):
+    """``pyfunc`` wrapper of the light stage's :class:`~models.garch.GarchFamily` in
+    ``artifacts["model_dir"]``: input ``symbol, session, ret_1`` (each symbol's return history),
+    output one row per symbol with every model's latest vol and forecast and the EWMA forecast
+    (:meth:`~models.garch.GarchFamily.output_columns`)."""
+
+    def __init__(self) -> None:
+        self._family: GarchFamily | None = None
+
+    def load_context(self, context: PythonModelContext) -> None:
+        from models.garch import GarchFamily
+
+        self._family = GarchFamily.load(context.artifacts[_ARTIFACT_KEY])
+
+    def predict(
+        self,
+        context: PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        if self._family is None:
+            raise RuntimeError("model not loaded: load_context was not called")
+        return self._family.predict(pd.DataFrame(model_input))
+
+
+def log_garch_family(
+    family: GarchFamily,
+    *,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    input_example: pd.DataFrame,
+    tags: Mapping[str, Any] | None = None,
+) -> ModelInfo:
+    """Log the GARCH-family fits as a pyfunc model in the active MLflow run (optionally
+    registered); ``input_example`` is a ``symbol, session, ret_1`` frame (the signature is
+    inferred from it and from the family's predictions on it)."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_garch_family must be called inside an active MLflow run")
+    example = pd.DataFrame(input_example)[["symbol", "session", "ret_1"]].reset_index(drop=True)
+    example["symbol"] = example["symbol"].astype(str)
+    example["ret_1"] = example["ret_1"].astype("float64")
+    return _log_pyfunc(
+        GarchFamilyPyfunc(),
+        family.save,
+        example=example,
+        predictions=family.predict(example),
+        name=name,
+        registered_model_name=registered_model_name,
+        tags=tags,
+    )
 
 
 def pinned_requirements() -> list[str]:
@@ -273,9 +344,7 @@ def log_lstm_model(
         raise RuntimeError("log_lstm_model must be called inside an active MLflow run")
     spec = fitted.spec
     example = _example(input_example, seq_columns(spec.lookback, spec.n_features))
-    predictions = pd.DataFrame(
-        {FORECAST_COLUMN: fitted.predict(example.to_numpy())}, index=example.index
-    )
+    predictions = lstm_forecast_frame(fitted, example.to_numpy(), example.index)
     return _log_pyfunc(
         GarchLSTMPyfunc(),
         fitted.save,

@@ -51,8 +51,10 @@ from torch import nn
 from models.losses import pinball_loss
 from models.lstm import (
     WindowDataModule,
+    default_precision,
     load_fitted,
     quiet_lightning,
+    resolve_accelerator,
     save_fitted,
     train_best,
 )
@@ -716,6 +718,11 @@ class TransformerModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._close_epoch("train", "train")
 
+    def epoch_history(self) -> dict[str, list[float]]:
+        """Per-epoch loss parts so far (``train_total``, ``valid_nll``, ...), for logging
+        callbacks (:class:`~models.lstm.MlflowEpochLogger`)."""
+        return self.history
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
             self.parameters(), lr=self.spec.lr, weight_decay=self.spec.weight_decay
@@ -868,21 +875,6 @@ class FittedTransformer:
 # ------------------------------------------------------------------------------ training
 
 
-def default_precision(accelerator: str) -> str:
-    """Trainer precision: ``32-true`` on the CPU; on a GPU ``bf16-mixed`` where supported,
-    else ``16-mixed``."""
-    if accelerator in ("gpu", "cuda"):
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return "bf16-mixed" if bf16 else "16-mixed"
-    return "32-true"
-
-
-def _resolve_accelerator(accelerator: str) -> str:
-    if accelerator == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return accelerator
-
-
 def _check_segment(data: TransformerDataModule, name: str, spec: TransformerSpec) -> None:
     if name not in data.segments:
         raise ValueError(f"the data module needs a {name!r} segment; has {list(data.segments)}")
@@ -946,7 +938,7 @@ def fit_transformer(
     x_mean = torch.from_numpy(flat.mean(axis=0)).float()
     x_std = torch.from_numpy(np.maximum(flat.std(axis=0), _MIN_STD)).float()
     y_scale = torch.from_numpy(np.maximum(y_tr.astype(np.float64).std(axis=0), _MIN_STD)).float()
-    acc = _resolve_accelerator(accelerator)
+    acc = resolve_accelerator(accelerator)
     prec = precision or default_precision(acc)
 
     with quiet_lightning(), tempfile.TemporaryDirectory(prefix="patchtst_") as tmp:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import ALIAS_CHAMPION, Settings
+from pipelines.settings import ALIAS_CHALLENGER, ALIAS_CHAMPION, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -211,6 +211,7 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
     ing, val = _read(runs / "ingest.json"), _read(runs / "validation.json")
     heavy, pre = _read(runs / "heavy_training.json"), _read(runs / "pre_market.json")
     plan, feats = _read(runs / "plan_training.json"), _read(runs / "features.json")
+    trf = _read(runs / "transformer.json")
     champion = registry.alias_version(settings, ALIAS_CHAMPION)
     lines = [
         "",
@@ -230,6 +231,14 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
         lines.append(f"challenger       {settings.model_name} v{heavy.get('version', '?')}"
 
                      f"{' - ' + plan['reason'] if plan else ''}")
+    if trf.get("trained"):
+        hold = trf.get("holdout", {})
+        lines.append(
+            f"transformer      {trf['model']} v{trf['version']} (alias {ALIAS_CHALLENGER}); "
+            f"holdout daily direction {hold.get('direction_accuracy_1', float('nan')):.3f} "
+            f"(p {hold.get('direction_pvalue_1', float('nan')):.2g}), 1-session return MAE "
+            f"{hold.get('ret_mae_1', float('nan')):.5f} vs zero forecast "
+            f"{hold.get('zero_ret_mae_1', float('nan')):.5f}")
     if val:
         lines.append(f"validation       {val['decision']}: " + "; ".join(val["reasons"]))
     if val.get("holdout"):

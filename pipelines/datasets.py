@@ -44,6 +44,7 @@ def make_segments(
     holdout: int,
     valid_frac: float = 0.15,
     min_train: int = 60,
+    embargo: int | None = None,
 ) -> Segments:
     """Split the sessions known at the run's session (the last element) chronologically.
 
@@ -52,28 +53,34 @@ def make_segments(
     sessions
         Sorted sessions with data, ending at the run's session.
     horizon
-        Label horizon in sessions; also the embargo between segments.
+        Label horizon of the scored (``test``) label in sessions.
     holdout
         Number of sessions in the ``test`` segment. Its last session is the last one whose
         label is fully known at the run's session (``horizon`` sessions before it).
+    embargo
+        Sessions between segments, at least the longest training label (a model with several
+        heads trains on labels up to that horizon); default ``horizon``.
     valid_frac
         Fraction of the pre-holdout sessions used for early stopping.
     min_train
         Minimum sessions left for ``train``; fewer raises ``ValueError``.
     """
+    gap = horizon if embargo is None else embargo
+    if gap < horizon:
+        raise ValueError(f"embargo {gap} is shorter than the label horizon {horizon}")
     n = len(sessions)
     test_end = n - 1 - horizon
     test_start = test_end - holdout + 1
-    fit_end = test_start - horizon - 1
+    fit_end = test_start - gap - 1
     n_fit = fit_end + 1
     n_valid = max(1, round(n_fit * valid_frac))
     valid_start = fit_end - n_valid + 1
-    train_end = valid_start - horizon - 1
+    train_end = valid_start - gap - 1
     if train_end + 1 < min_train:
         raise ValueError(
             f"not enough history for the segments: {n} sessions, need at least "
-            f"{min_train + holdout + n_valid + 3 * horizon + 1} (holdout={holdout}, "
-            f"horizon={horizon})"
+            f"{min_train + holdout + n_valid + horizon + 2 * gap + 1} (holdout={holdout}, "
+            f"horizon={horizon}, embargo={gap})"
         )
     s = list(sessions)
     return Segments(

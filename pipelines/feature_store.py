@@ -72,7 +72,7 @@ VIEW_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 #: Default feature service of the live model.
-DEFAULT_SERVICE = "garch_lstm_v1"
+DEFAULT_SERVICE = "garch_lstm_v2"
 
 #: Entity join key and timestamp column of every offline table and entity frame.
 ENTITY_KEY = "symbol"
@@ -510,7 +510,7 @@ def online_features(
         Installation settings.
     symbols : sequence of str
         Symbols to look up (looked up as given; callers upper-case them).
-    service : str, default "garch_lstm_v1"
+    service : str, default "garch_lstm_v2"
         Feature service whose features are read.
     features : sequence of str, optional
         ``"view:feature"`` references to read instead of the service (e.g. only

@@ -115,11 +115,14 @@ FEATURE_INPUTS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-#: Light-training GARCH outputs (lake table ``garch``, Feast view ``garch_features``).
+#: Light-training outputs (lake table ``garch``, Feast view ``garch_features``): the GARCH(1,1)-t
+#: filter and forecast, the EGARCH(1,1)-t and EWMA forecasts (``pipelines.stages.refit_garch``).
 GARCH_COLUMNS: tuple[str, ...] = (
     "garch_vol",  # annualised conditional volatility at the session (known at its close)
     "garch_forecast",  # annualised vol forecast over the next `horizon` sessions
     "garch_std_resid",  # standardised residual of the session's return
+    "egarch_forecast",  # EGARCH(1,1)-t annualised vol forecast over the next `horizon` sessions
+    "ewma_forecast",  # RiskMetrics EWMA (0.94) annualised vol forecast (flat term structure)
 )
 
 #: LSTM input windows (lake table ``windows``, Feast view ``lstm_window``).

@@ -1,6 +1,6 @@
 """Live serving: a FastAPI app that forecasts volatility from the online feature store.
 
-``GET /predict/{symbol}`` reads the symbol's ``garch_lstm_v1`` online features (Feast, SQLite),
+``GET /predict/{symbol}`` reads the symbol's ``garch_lstm_v2`` online features (Feast, SQLite),
 flattens the LSTM window into the wide frame the registered pyfunc expects (``x000``, ``x001``, ...)
 and returns the champion model's forecast. ``GET /health`` reports the model and how fresh the
 online features are.
@@ -112,12 +112,22 @@ class MlflowPredictor:
         ------
         mlflow.exceptions.MlflowException
             If the model or the alias does not exist.
+        ValueError
+            If the version was trained on other window columns than the feature tables hold.
         """
         import mlflow
         from mlflow import MlflowClient
 
+        from pipelines.stages import window_mismatch
+
         mlflow.set_tracking_uri(settings.tracking_uri)
-        mv = MlflowClient().get_model_version_by_alias(settings.model_name, alias)
+        mlflow.set_registry_uri(settings.tracking_uri)  # models:/ URIs resolve in the registry
+        client = MlflowClient(tracking_uri=settings.tracking_uri,
+                              registry_uri=settings.tracking_uri)
+        mv = client.get_model_version_by_alias(settings.model_name, alias)
+        mismatch = window_mismatch(mv)
+        if mismatch is not None:
+            raise ValueError(f"{alias} {mismatch}")
         model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{mv.version}")
         return cls(settings.model_name, str(mv.version), alias, model)
 

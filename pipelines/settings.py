@@ -53,10 +53,15 @@ MODEL_NAME = "garch_lstm_vol"
 ALIAS_CHALLENGER = "challenger"
 ALIAS_CHAMPION = "champion"
 ALIAS_PREVIOUS = "previous"
+#: Registered model name of the PatchTST multi-task return forecaster (full retrain only).
+TRANSFORMER_MODEL_NAME = "patchtst_returns"
 
 #: Columns of the LSTM input window, oldest session first (the ``seq`` feature is row-major
-#: lookback x len(WINDOW_COLUMNS)).
-WINDOW_COLUMNS: tuple[str, ...] = ("ret_1", "rv_5", "rv_22", "garch_vol", "garch_forecast")
+#: lookback x len(WINDOW_COLUMNS)): Kim & Won's inputs, returns, realised vols and the GARCH,
+#: EGARCH and EWMA forecasts (plus the GARCH conditional vol).
+WINDOW_COLUMNS: tuple[str, ...] = (
+    "ret_1", "rv_5", "rv_22", "garch_vol", "garch_forecast", "egarch_forecast", "ewma_forecast",
+)  # fmt: skip
 
 #: Deployment profiles: ``embedded`` (SQLite everywhere, no service) and ``production``
 #: (PostgreSQL / Redis services). The profile picks, among others, the Feast configuration file.
@@ -90,6 +95,38 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TransformerTrainConfig:
+    """Budget and architecture of the PatchTST forecaster of the full (monthly) retrain.
+
+    It reads the same Feast windows as the GARCH-LSTM (``lookback`` = ``TrainConfig.lookback``
+    sessions of ``WINDOW_COLUMNS``) and forecasts the log return over each of ``horizons``
+    sessions (direction, mean and vol, quantiles); registered as ``model_name``.
+    """
+
+    model_name: str = TRANSFORMER_MODEL_NAME
+    horizons: tuple[int, ...] = (1, 5, 22)
+    patch_len: int = 8
+    stride: int = 4
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int = 64
+    dropout: float = 0.1
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 8
+    patience: int = 3
+    seed: int = 7
+    #: Cap on training windows (most recent kept); 0 means no cap.
+    max_train_rows: int = 20000
+    #: Miscoverage of the holdout intervals (0.2: 80% intervals).
+    alpha: float = 0.2
+    #: Scored holdout rows needed before the 60% daily-direction leakage alarm applies: on a
+    #: few dozen sessions of a few correlated symbols an honest model passes 60% by chance.
+    leakage_min_rows: int = 500
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a stage needs to know about where it runs and how big its budgets are."""
 
@@ -100,10 +137,14 @@ class Settings:
     default_session: date = date(2018, 12, 31)
     #: Forecast horizon in sessions: the target is realised volatility over the next ``horizon``.
     horizon: int = 5
+    #: Further GARCH-LSTM heads beside ``horizon``: realised vol over the next session and the
+    #: next 22 (Kim & Won's horizons). The label embargo is the longest horizon.
+    extra_horizons: tuple[int, ...] = (1, 22)
     garch_refit_every: int = 63
     garch_min_obs: int = 250
     holdout_sessions: int = 250
     train: TrainConfig = field(default_factory=TrainConfig)
+    transformer: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
     model_name: str = MODEL_NAME
     mlflow_uri: str = ""
     serve_host: str = "127.0.0.1"
@@ -112,6 +153,11 @@ class Settings:
     feast_registry_url: str = DEFAULT_FEAST_REGISTRY_URL
     #: Feast Redis connection string ``host:port[,db=N][,password=...]`` (production only).
     redis_url: str = DEFAULT_REDIS_URL
+
+    @property
+    def label_horizon(self) -> int:
+        """Longest label of the GARCH-LSTM (sessions): the embargo between its segments."""
+        return max(self.horizon, *self.extra_horizons)
 
     # ----------------------------------------------------------------------------- paths
     @property
@@ -209,6 +255,11 @@ class Settings:
             seed=_int(env, "AFTERBELL_SEED", TrainConfig.seed),
             max_train_rows=_int(env, "AFTERBELL_MAX_TRAIN_ROWS", TrainConfig.max_train_rows),
         )
+        transformer = TransformerTrainConfig(
+            max_epochs=_int(env, "AFTERBELL_TRANSFORMER_EPOCHS", TransformerTrainConfig.max_epochs),
+            max_train_rows=_int(env, "AFTERBELL_TRANSFORMER_ROWS",
+                                TransformerTrainConfig.max_train_rows),
+        )
         session = env.get("AFTERBELL_SESSION")
         profile = env.get("AFTERBELL_PROFILE") or "embedded"
         if profile not in PROFILES:
@@ -224,6 +275,7 @@ class Settings:
             holdout_sessions=_int(env, "AFTERBELL_HOLDOUT", 250),
             garch_refit_every=_int(env, "AFTERBELL_GARCH_REFIT", 63),
             train=train,
+            transformer=transformer,
             mlflow_uri=env.get("AFTERBELL_MLFLOW_URI", ""),
             serve_host=env.get("AFTERBELL_SERVE_HOST", "127.0.0.1"),
             serve_port=_int(env, "AFTERBELL_SERVE_PORT", 8000),

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
@@ -35,7 +35,7 @@ log = logging.getLogger("afterbell.stages")
 Summary = dict[str, Any]
 
 #: The feature service the GARCH-LSTM reads, online and offline.
-FEATURE_SERVICE = "garch_lstm_v1"
+FEATURE_SERVICE = "garch_lstm_v2"
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -363,59 +363,167 @@ def monitor(session: str, settings: Settings | None = None) -> Summary:
 
 
 # --------------------------------------------------------------------------- light training
+#: The light stage's conditional-volatility models: name -> (vol, dist) of the
+#: :class:`~models.garch.GarchSpec`. The name prefixes the model's forecast column
+#: (``garch_forecast``, ``egarch_forecast``); GARCH also gives ``garch_vol`` and
+#: ``garch_std_resid``.
+LIGHT_MODELS: dict[str, tuple[str, str]] = {"garch": ("GARCH", "t"), "egarch": ("EGARCH", "t")}
+
+
+def _spec_key(spec: Any) -> str:
+    """The stored identity of a GARCH spec (everything but the horizon)."""
+    return json.dumps({k: v for k, v in asdict(spec).items() if k != "horizon"}, sort_keys=True)
+
+
+def _previous_params(s: Settings, d: date) -> dict[tuple[str, str], Any]:
+    """``(spec key, symbol) -> params`` of the newest ``garch_params`` partition before ``d``."""
+    from pipelines import lake
+
+    earlier = [t for t in lake.partition_sessions(s.lake_dir, "garch_params") if t < d]
+    if not earlier:
+        return {}
+    prev = lake.read_table(s.lake_dir, "garch_params", start=earlier[-1], end=earlier[-1])
+    if "spec" not in prev.columns:
+        return {}
+    return {(str(row.spec), str(row.symbol)): json.loads(str(row.params))
+            for row in prev.itertuples(index=False)}
+
+
+def light_specs(horizon: int) -> dict[str, Any]:
+    """The :data:`LIGHT_MODELS` as :class:`~models.garch.GarchSpec` of the given horizon."""
+    from models.garch import GarchSpec
+
+    return {name: GarchSpec(vol=vol, dist=dist, horizon=horizon)  # type: ignore[arg-type]
+            for name, (vol, dist) in LIGHT_MODELS.items()}
+
+
+def garch_rows(
+    returns: pd.Series,
+    specs: Mapping[str, Any],
+    *,
+    history: Sequence[pd.Timestamp],
+    refit_every: int,
+    min_obs: int,
+    starts: Mapping[str, np.ndarray | None] | None = None,
+    name: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The ``GARCH_COLUMNS`` rows of one symbol (a pure function of its returns).
+
+    Parameters
+    ----------
+    returns : pandas.Series
+        Daily log returns by session, no NaN, ending at the session being processed.
+    specs : mapping of str to GarchSpec
+        :func:`light_specs`: ``"garch"`` gives ``garch_vol``, ``garch_forecast`` and
+        ``garch_std_resid``; every other name ``<name>_forecast``.
+    history : sequence of pandas.Timestamp
+        Earlier sessions to fill from expanding-window refits every ``refit_every`` sessions
+        on returns strictly before each block (no look-ahead).
+    refit_every, min_obs : int
+        Refit cadence and returns before the first fit.
+    starts : mapping of str to numpy.ndarray, optional
+        Warm starts per model name for the fits of the last session.
+    name : str, optional
+        Series name (the symbol) in the warnings of a capped or degenerate fit.
+
+    Returns
+    -------
+    rows : pandas.DataFrame
+        Indexed by session (the ``history`` sessions, then the last one), ``GARCH_COLUMNS``.
+    fits : dict of str to GarchFit
+        The last session's fit of each model (on every return up to it).
+    """
+    from models.baselines import ewma_vol
+    from models.garch import filter_garch, fit_garch, rolling_garch_features
+
+    horizon = next(iter(specs.values())).horizon
+    ewma = ewma_vol(returns, horizon)
+    blocks = []
+    if len(history):
+        hist = {model: rolling_garch_features(returns.iloc[:-1], spec, refit_every=refit_every,
+                                              min_obs=min_obs, name=name)
+                for model, spec in specs.items()}
+        block = hist["garch"].loc[list(history)].copy()
+        for model in specs:
+            if model != "garch":
+                block[f"{model}_forecast"] = hist[model].loc[list(history), "garch_forecast"]
+        blocks.append(block)
+    fits: dict[str, Any] = {}
+    forecasts: dict[str, float] = {}
+    today = None
+    for model, spec in specs.items():
+        start = (starts or {}).get(model)
+        fit = fit_garch(returns, spec, start)
+        if fit.warm_start and not fit.converged:
+            cold = fit_garch(returns, spec)
+            fit = cold if cold.converged or cold.loglik > fit.loglik else fit
+        fits[model] = fit
+        last = filter_garch(returns, fit, name=name).iloc[[-1]]
+        if model == "garch":
+            today = last.copy()
+        else:
+            forecasts[model] = float(last["garch_forecast"].iloc[0])
+    assert today is not None
+    for model, value in forecasts.items():
+        today[f"{model}_forecast"] = value
+    blocks.append(today)
+    rows = pd.concat(blocks)
+    rows["ewma_forecast"] = ewma.reindex(rows.index).to_numpy()
+    return rows[list(GARCH_COLUMNS)], fits
+
+
 def refit_garch(session: str, settings: Settings | None = None) -> Summary:
-    """Refit a GARCH(1,1)-t per symbol on returns up to the session.
+    """Refit GARCH(1,1)-t and EGARCH(1,1)-t per symbol on returns up to the session, and the
+    RiskMetrics EWMA forecast: the econometric inputs of the GARCH-LSTM (Kim & Won).
 
     History partitions are filled by expanding-window refits every ``garch_refit_every``
     sessions (parameters estimated strictly before each block: no look-ahead); the session's
-    own row comes from a fit on every return up to and including it, warm-started from the
-    symbol's parameters in the newest ``garch_params`` partition strictly before the session
-    (cold when there is none, when it was fitted with another spec, or when its parameters are
-    infeasible on today's data). The same lake therefore gives the same starting values, and a
-    re-run of the session the same partitions. ``warm_start`` in the params row records which.
+    own row comes from fits on every return up to and including it, each warm-started from the
+    symbol's parameters of the same spec in the newest ``garch_params`` partition strictly
+    before the session (cold when there is none, when it was fitted with another spec, or when
+    its parameters are infeasible on today's data). The same lake therefore gives the same
+    starting values, and a re-run of the session the same partitions. ``garch_params`` holds one
+    row per symbol and model; ``warm_start`` records how each fit started. Partitions written
+    before a column was added to ``GARCH_COLUMNS`` are rewritten.
     """
-    from models.garch import GarchSpec, filter_garch, fit_garch, rolling_garch_features
     from pipelines import lake
 
     d, s = _setup(session, settings)
     feats = _lake_range(s, "features", d, ("symbol", "session", "event_timestamp", "ret_1"))
     if feats.empty:
         raise ValueError(f"no features in the lake up to {d}: run close_analysis first")
-    spec = GarchSpec(horizon=s.horizon)
-    spec_key = json.dumps({k: v for k, v in asdict(spec).items() if k != "horizon"},
-                          sort_keys=True)
-    names = spec.parameter_names()
-    present = set(lake.partition_sessions(s.lake_dir, "garch"))
-    earlier = [t for t in lake.partition_sessions(s.lake_dir, "garch_params") if t < d]
-    starts: dict[str, np.ndarray] = {}
-    if earlier:
-        prev = lake.read_table(s.lake_dir, "garch_params", start=earlier[-1], end=earlier[-1])
-        if "spec" in prev.columns:
-            for row in prev.itertuples(index=False):
-                stored = json.loads(str(row.params))
-                if row.spec == spec_key and set(stored) == set(names):
-                    starts[str(row.symbol)] = np.array([stored[n] for n in names], dtype=float)
+    specs = light_specs(s.horizon)
+    keys = {name: _spec_key(spec) for name, spec in specs.items()}
+    if _schema_outdated(s, "garch", GARCH_COLUMNS):
+        log.info("garch %s: stored partitions lack new columns; rewriting the history", d)
+        present: set[date] = set()
+    else:
+        present = set(lake.partition_sessions(s.lake_dir, "garch"))
+    previous = _previous_params(s, d)
     rows, params = [], []
+    family: dict[str, dict[str, Any]] = {name: {} for name in specs}
     for symbol, g in feats.groupby("symbol", sort=True):
         r = g.set_index("session")["ret_1"].dropna()
         if len(r) < s.garch_min_obs or r.index[-1] != pd.Timestamp(d):
             continue
-        missing_hist = [t for t in r.index[:-1] if t.date() not in present]
-        if missing_hist:
-            hist = rolling_garch_features(
-                r.iloc[:-1], spec, refit_every=s.garch_refit_every, min_obs=s.garch_min_obs
-            )
-            rows.append(hist.loc[missing_hist].assign(symbol=symbol))
-        fit = fit_garch(r, spec, starts.get(str(symbol)))
-        if fit.warm_start and not fit.converged:
-            cold = fit_garch(r, spec)
-            fit = cold if cold.converged or cold.loglik > fit.loglik else fit
-        today = filter_garch(r, fit).iloc[[-1]].assign(symbol=symbol)
-        rows.append(today)
-        params.append({"symbol": symbol, "session": pd.Timestamp(d), "loglik": fit.loglik,
-                       "nobs": fit.nobs, "converged": fit.converged,
-                       "params": json.dumps(fit.params, sort_keys=True),
-                       "warm_start": fit.warm_start, "spec": spec_key})
+        starts: dict[str, np.ndarray | None] = {}
+        for name, spec in specs.items():
+            names = spec.parameter_names()
+            stored = previous.get((keys[name], str(symbol)))
+            starts[name] = (np.array([stored[n] for n in names], dtype=float)
+                            if isinstance(stored, dict) and set(stored) == set(names) else None)
+        out_rows, fits = garch_rows(
+            r, specs, history=[t for t in r.index[:-1] if t.date() not in present],
+            refit_every=s.garch_refit_every, min_obs=s.garch_min_obs, starts=starts,
+            name=str(symbol),
+        )
+        rows.append(out_rows.assign(symbol=symbol))
+        for name, fit in fits.items():
+            family[name][str(symbol)] = fit
+            params.append({"symbol": symbol, "session": pd.Timestamp(d), "model": name,
+                           "loglik": fit.loglik, "nobs": fit.nobs, "converged": fit.converged,
+                           "params": json.dumps(fit.params, sort_keys=True),
+                           "warm_start": fit.warm_start, "spec": keys[name]})
     if not rows:
         raise ValueError(f"no symbol has {s.garch_min_obs} returns up to {d} for a GARCH fit")
     out = pd.concat(rows).rename_axis("session").reset_index()
@@ -423,13 +531,55 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
     out = out[["symbol", "session", "event_timestamp", *GARCH_COLUMNS]]
     lake.write_partitions(s.lake_dir, "garch", out)
     lake.write_partition(s.lake_dir, "garch_params", d, pd.DataFrame(params))
-    log.info("garch %s: %d symbols fitted, %d rows written", d, len(params), len(out))
+    fitted = sorted({str(p["symbol"]) for p in params})
+    log.info("garch %s: %d symbols fitted (%s), %d rows written", d, len(fitted),
+             ", ".join(specs), len(out))
+    version = _register_garch_family(s, d, family, feats)
     return _run_record(s, d, "garch", {
         "session": d.isoformat(),
-        "symbols_fitted": len(params),
-        "converged": sum(bool(p["converged"]) for p in params),
-        "spec": asdict(spec),
+        "symbols_fitted": len(fitted),
+        "converged": {name: sum(bool(p["converged"]) for p in params if p["model"] == name)
+                      for name in specs},
+        "spec": asdict(specs["garch"]),
+        "models": {name: asdict(spec) for name, spec in specs.items()},
+        "registered": {"model": GARCH_FAMILY_MODEL_NAME, "version": version},
     })
+
+
+#: Registered model of the light stage's per-symbol GARCH-family fits (one version a session).
+GARCH_FAMILY_MODEL_NAME = "garch_family_vol"
+
+
+def _register_garch_family(
+    s: Settings, d: date, fits: dict[str, dict[str, Any]], feats: pd.DataFrame
+) -> str:
+    """Log tonight's fits as a pyfunc (:class:`models.pyfunc.GarchFamilyPyfunc`) in the
+    session's ``light_training`` run and register it as :data:`GARCH_FAMILY_MODEL_NAME`
+    (tags: session, models, returns range). A re-run of the session keeps its version."""
+    import mlflow
+
+    from models.garch import GarchFamily
+    from models.pyfunc import log_garch_family
+    from pipelines import registry
+
+    sg = s.with_(model_name=GARCH_FAMILY_MODEL_NAME)
+    existing = registry.version_for_session(sg, d.isoformat())
+    if existing is not None:
+        return existing.version
+    family = GarchFamily(fits)
+    rets = feats.dropna(subset=["ret_1"])
+    example = (rets[rets["symbol"].isin(family.symbols[:2])]
+               .groupby("symbol", group_keys=False).tail(100)[["symbol", "session", "ret_1"]])
+    tags = {
+        "session": d.isoformat(), "models": ",".join(fits),
+        "returns_range": f"{rets['session'].min().date()}..{d}",
+        "feature_service": "market_features:ret_1", "symbols": len(family.symbols),
+    }
+    run_id = registry.session_run(s, "light_training", d.isoformat())
+    with mlflow.start_run(run_id=run_id):
+        info = log_garch_family(family, registered_model_name=GARCH_FAMILY_MODEL_NAME,
+                                input_example=example, tags=tags)
+    return str(info.registered_model_version)
 
 
 # -------------------------------------------------------------------------- data processing
@@ -483,8 +633,19 @@ def materialize(session: str, settings: Settings | None = None) -> Summary:
 
 
 # ---------------------------------------------------------------------------- heavy training
+def _target_columns(s: Settings) -> list[str]:
+    """Label columns of the GARCH-LSTM, in head order: ``target`` (``horizon``), then
+    ``target_h`` per extra horizon."""
+    return ["target", *(f"target_{h}" for h in s.extra_horizons)]
+
+
 def _dataset(s: Settings, d: date) -> tuple[pd.DataFrame, Any]:
-    """Point-in-time dataset from Feast: windows joined to forward targets, with segments."""
+    """Point-in-time dataset from Feast: windows joined to forward targets, with segments.
+
+    ``target`` is the realised vol over the next ``horizon`` sessions (the scored label),
+    ``target_h`` that over the next ``h`` sessions for each extra head; segments are embargoed
+    by the longest of them.
+    """
     from pipelines import feature_store
     from pipelines.datasets import forward_targets, make_segments
 
@@ -494,13 +655,17 @@ def _dataset(s: Settings, d: date) -> tuple[pd.DataFrame, Any]:
     keys = keys[keys["session"] <= pd.Timestamp(d)]
     rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
     targets = forward_targets(rets, s.horizon)
+    for h in s.extra_horizons:
+        extra = forward_targets(rets, h).rename(columns={"target": f"target_{h}"})
+        targets = targets.merge(extra, on=["symbol", "session"], how="left")
     sessions = sorted(set(rets["session"].dt.date))
-    segments = make_segments(sessions, horizon=s.horizon, holdout=s.holdout_sessions)
+    segments = make_segments(sessions, horizon=s.horizon, holdout=s.holdout_sessions,
+                             embargo=s.label_horizon)
     frame = keys.merge(targets, on=["symbol", "session"], how="inner").dropna(subset=["target"])
     frame = frame[frame["session"] <= pd.Timestamp(segments.test[1])]
     hist = feature_store.historical_features(
-        s, frame[["symbol", "event_timestamp", "session", "target"]], ["lstm_window:seq"],
-        engine="asof",
+        s, frame[["symbol", "event_timestamp", "session", *_target_columns(s)]],
+        ["lstm_window:seq"], engine="asof",
     )
     hist = hist.dropna(subset=["seq"]).sort_values(["session", "symbol"]).reset_index(drop=True)
     return hist, segments
@@ -542,7 +707,7 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     """
     import mlflow
 
-    from models.lstm import LSTMSpec, fit_lstm, seq_columns
+    from models.lstm import LSTMSpec, MlflowEpochLogger, fit_lstm
     from models.pyfunc import log_lstm_model
     from pipelines import registry
     from pipelines.datasets import stack_windows
@@ -563,15 +728,18 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
         return {**stored, "reused": True}
     data, seg = _dataset(s, d)
     nf = len(WINDOW_COLUMNS)
-    spec = LSTMSpec.from_train_config(s.train, horizon=s.horizon)
-    tr = data[seg.of(data["session"], "train")]
+    spec = LSTMSpec.from_train_config(s.train, horizon=s.horizon,
+                                      extra_horizons=s.extra_horizons)
+    target_cols = _target_columns(s)
+    labelled = data.dropna(subset=target_cols)
+    tr = labelled[seg.of(labelled["session"], "train")]
     if s.train.max_train_rows and len(tr) > s.train.max_train_rows:
         tr = tr.iloc[-s.train.max_train_rows :]
-    va = data[seg.of(data["session"], "valid")]
+    va = labelled[seg.of(labelled["session"], "valid")]
     x_tr = stack_windows(tr["seq"], spec.lookback, nf)
     x_va = stack_windows(va["seq"], spec.lookback, nf)
-    y_tr = tr["target"].to_numpy(np.float32)
-    y_va = va["target"].to_numpy(np.float32)
+    y_tr = tr[target_cols].to_numpy(np.float32)
+    y_va = va[target_cols].to_numpy(np.float32)
     plan = _stored_record(s, d, "plan_training") or plan_training(session, s)
     tuning_cfg = load_config().tuning
     tuned = None
@@ -589,18 +757,14 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
                         tuned.study_name)
         spec = tuning.best_spec(spec, tuned)
     log.info("heavy %s: training on %d windows, early stopping on %d", d, len(tr), len(va))
-    fitted = fit_lstm(spec, x_tr, y_tr, x_va, y_va)
-    cols = seq_columns(spec.lookback, nf)
-    example = pd.DataFrame(x_va[:5].reshape(min(5, len(x_va)), -1).astype(np.float64),
-                           columns=cols)
+    example = _window_example(x_va, spec.lookback)
     registry.ensure_experiment(s, "heavy_training")
     with mlflow.start_run(run_name=f"heavy_training {d}") as run:
         mlflow.set_tags({"session": d.isoformat(), "stage": "heavy_training",
                          "feature_service": FEATURE_SERVICE})
         mlflow.log_params({**{f"spec.{k}": v for k, v in asdict(spec).items()},
                            **seg.as_dict(), "train_rows": len(tr), "valid_rows": len(va)})
-        for epoch, (lt, lv) in enumerate(zip(fitted.train_loss, fitted.valid_loss, strict=False)):
-            mlflow.log_metrics({"train_loss": lt, "valid_loss": lv}, step=epoch)
+        fitted = fit_lstm(spec, x_tr, y_tr, x_va, y_va, callbacks=[MlflowEpochLogger()])
         if tuned is not None:
             mlflow.set_tag("tuning_study", tuned.study_name)
             mlflow.log_params({
@@ -620,7 +784,8 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
         "train_range": f"{seg.train[0]}..{seg.train[1]}",
         "valid_range": f"{seg.valid[0]}..{seg.valid[1]}",
         "holdout_range": f"{seg.test[0]}..{seg.test[1]}",
-        "horizon": s.horizon, "run_id": run.info.run_id,
+        "horizon": s.horizon, "horizons": ",".join(map(str, spec.horizons)),
+        "window_columns": ",".join(WINDOW_COLUMNS), "run_id": run.info.run_id,
         **({"tuning_study": tuned.study_name} if tuned is not None else {}),
     })
     from pipelines.monitoring import clear_retrain, pending_retrain
@@ -635,6 +800,167 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
         "alias": ALIAS_CHALLENGER, "train_rows": len(tr),
         "valid_rows": len(va), "best_valid_loss": float(min(fitted.valid_loss)),
         **({"tuning": tuned.to_record()} if tuned is not None else {}),
+    })
+    return {**record, "reused": False}
+
+
+def _window_example(x: np.ndarray, lookback: int) -> pd.DataFrame:
+    """The first five windows of ``x`` in the pyfunc input layout (the logged input example)."""
+    from models.lstm import seq_columns
+
+    n = min(5, len(x))
+    return pd.DataFrame(x[:n].reshape(n, -1).astype(np.float64),
+                        columns=seq_columns(lookback, len(WINDOW_COLUMNS)))
+
+
+def _transformer_holdout(
+    pred: pd.DataFrame, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    horizons: Sequence[int],
+) -> dict[str, float]:
+    """Holdout scores of the Transformer's predictions ``pred`` of the ``test`` windows beside
+    their baselines: direction accuracy (binomial p-value against a coin), MAE of the expected
+    return against the zero forecast, and the Gaussian vol head's MAE on ``|r|`` against the
+    train segment's mean ``|r|``."""
+    from models.evaluation import direction_accuracy
+
+    y_te = arrays["test"][1]
+    y_tr = arrays["train"][1]
+    out: dict[str, float] = {}
+    for j, h in enumerate(horizons):
+        y = y_te[:, j].astype(np.float64)
+        dr = direction_accuracy(y, pred[f"prob_up_{h}"].to_numpy() - 0.5)
+        out[f"direction_accuracy_{h}"] = dr.accuracy
+        out[f"direction_pvalue_{h}"] = dr.pvalue
+        out[f"ret_mae_{h}"] = float(np.mean(np.abs(y - pred[f"ret_{h}"].to_numpy())))
+        out[f"zero_ret_mae_{h}"] = float(np.mean(np.abs(y)))
+        absret = np.abs(y)
+        out[f"vol_mae_{h}"] = float(np.mean(np.abs(absret - pred[f"vol_{h}"].to_numpy()
+                                                  * math.sqrt(2.0 / math.pi))))
+        out[f"mean_absret_mae_{h}"] = float(np.mean(np.abs(
+            absret - np.mean(np.abs(y_tr[:, j].astype(np.float64))))))
+    out["test_rows"] = float(len(y_te))
+    return out
+
+
+def train_transformer(session: str, settings: Settings | None = None) -> Summary:
+    """Train the PatchTST multi-task forecaster on the full retrain, score it on the holdout,
+    register it (``settings.transformer.model_name``), alias ``challenger``.
+
+    It reads the GARCH-LSTM's point-in-time windows (Feast) and forecasts the log return over
+    each horizon: direction probability, expected return, Gaussian vol and P10/P50/P90. Runs
+    only when tonight's plan is a full retrain (monthly, or the bootstrap run); otherwise it
+    records why not. The holdout (the validation stage's ``test`` segment) gives direction
+    accuracy with its binomial p-value (a daily accuracy above 60% on at least
+    ``leakage_min_rows`` scored rows fails the stage: leakage alarm), MAEs beside naive
+    baselines and the empirical coverage of the intervals, all logged to the MLflow run.
+    The gate of the validation stage judges the GARCH-LSTM only; this model is a registered,
+    monitored candidate. A re-run of the session reuses its version.
+    """
+    import mlflow
+
+    from models.evaluation import check_leakage, direction_accuracy
+    from models.lstm import MlflowEpochLogger
+    from models.pyfunc import log_transformer_model
+    from models.transformer import (
+        TransformerDataModule,
+        TransformerSpec,
+        fit_transformer,
+        forward_returns,
+        holdout_coverage,
+    )
+    from pipelines import registry
+    from pipelines.datasets import stack_windows
+
+    d, s = _setup(session, settings)
+    cfg = s.transformer
+    st = s.with_(model_name=cfg.model_name)
+    plan = _stored_record(s, d, "plan_training") or plan_training(session, s)
+    if not plan.get("run") or plan.get("kind") != "full":
+        reason = (f"the Transformer trains on full retrains only; tonight: "
+                  f"{plan.get('kind') if plan.get('run') else 'no training'}")
+        log.info("transformer %s: %s", d, reason)
+        return _run_record(s, d, "transformer", {"session": d.isoformat(), "trained": False,
+                                                  "reason": reason})
+    existing = registry.version_for_session(st, d.isoformat())
+    if existing is not None:
+        if _is_latest(s, d):
+            registry.set_alias(st, ALIAS_CHALLENGER, existing.version)
+        stored = _stored_record(s, d, "transformer")
+        if stored is None or stored.get("version") != existing.version:
+            stored = _run_record(s, d, "transformer", {
+                "session": d.isoformat(), "trained": True, "model": cfg.model_name,
+                "version": existing.version, "alias": ALIAS_CHALLENGER,
+            })
+        return {**stored, "reused": True}
+    horizons = tuple(cfg.horizons)
+    data, seg = _dataset(s, d)
+    rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
+    ycols = [f"fwd_ret_{h}" for h in horizons]
+    data = data.merge(forward_returns(rets, horizons), on=["symbol", "session"], how="left")
+    labelled = data.dropna(subset=ycols)
+    nf = len(WINDOW_COLUMNS)
+    parts = {name: labelled[seg.of(labelled["session"], name)] for name in ("train", "valid",
+                                                                            "test")}
+    if cfg.max_train_rows and len(parts["train"]) > cfg.max_train_rows:
+        parts["train"] = parts["train"].iloc[-cfg.max_train_rows :]
+    arrays = {name: (stack_windows(p["seq"], s.train.lookback, nf), p[ycols].to_numpy(np.float32))
+              for name, p in parts.items()}
+    spec = TransformerSpec(
+        lookback=s.train.lookback, patch_len=min(cfg.patch_len, s.train.lookback),
+        stride=min(cfg.stride, cfg.patch_len, s.train.lookback), d_model=cfg.d_model,
+        n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff, dropout=cfg.dropout,
+        n_features=nf, horizons=horizons, lr=cfg.lr, batch_size=cfg.batch_size,
+        max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed,
+    )
+    dm = TransformerDataModule(arrays, batch_size=spec.batch_size, seed=spec.seed)
+    example = _window_example(arrays["valid"][0], spec.lookback)
+    tags = {
+        "session": d.isoformat(), "feature_service": FEATURE_SERVICE,
+        "train_range": f"{seg.train[0]}..{seg.train[1]}",
+        "valid_range": f"{seg.valid[0]}..{seg.valid[1]}",
+        "holdout_range": f"{seg.test[0]}..{seg.test[1]}",
+        "horizons": ",".join(map(str, horizons)), "window_columns": ",".join(WINDOW_COLUMNS),
+    }
+    log.info("transformer %s: training on %d windows, early stopping on %d, holdout %d", d,
+             len(parts["train"]), len(parts["valid"]), len(parts["test"]))
+    registry.ensure_experiment(s, "heavy_training")
+    with mlflow.start_run(run_name=f"transformer {d}") as run:
+        mlflow.set_tags({**tags, "stage": "heavy_training", "model": cfg.model_name})
+        mlflow.log_params({**{f"spec.{k}": v for k, v in asdict(spec).items()},
+                           **seg.as_dict(), **{f"{k}_rows": len(p) for k, p in parts.items()}})
+        fitted = fit_transformer(spec, dm, feature_columns=WINDOW_COLUMNS,
+                                 callbacks=[MlflowEpochLogger()])
+        x_te, y_te = arrays["test"]
+        pred = fitted.predict(x_te)  # once: the leakage alarm and the scores read it
+        daily = horizons.index(1) if 1 in horizons else None
+        leakage = "no daily horizon"
+        if daily is not None:
+            result = direction_accuracy(y_te[:, daily].astype(np.float64),
+                                        pred["prob_up_1"].to_numpy() - 0.5)
+            if result.n >= cfg.leakage_min_rows:
+                check_leakage(result)  # LeakageError: the run fails, nothing is registered
+                leakage = f"passed ({result.accuracy:.1%} of {result.n} rows <= 60%)"
+            else:
+                leakage = (f"not applied: {result.n} scored rows < {cfg.leakage_min_rows} "
+                           f"(daily direction {result.accuracy:.1%})")
+                log.warning("transformer %s: leakage alarm %s", d, leakage)
+        mlflow.set_tag("leakage_check", leakage)
+        scores = _transformer_holdout(pred, arrays, horizons)
+        coverage = holdout_coverage(fitted, dm, alpha=cfg.alpha)
+        mlflow.log_metrics({f"holdout.{k}": v for k, v in scores.items() if math.isfinite(v)})
+        mlflow.log_table(coverage, "holdout/coverage.json")
+        info = log_transformer_model(fitted, name="model", registered_model_name=cfg.model_name,
+                                     input_example=example)
+        version = str(info.registered_model_version)
+    registry.tag_version(st, version, {**tags, "run_id": run.info.run_id})
+    if _is_latest(s, d):
+        registry.set_alias(st, ALIAS_CHALLENGER, version)
+    record = _run_record(s, d, "transformer", {
+        "session": d.isoformat(), "trained": True, "model": cfg.model_name, "version": version,
+        "alias": ALIAS_CHALLENGER, "train_rows": len(parts["train"]),
+        "valid_rows": len(parts["valid"]), "best_valid_loss": float(min(fitted.valid_loss)),
+        "holdout": scores, "leakage_check": leakage,
+        "coverage": coverage.to_dict(orient="records"),
     })
     return {**record, "reused": False}
 
@@ -719,9 +1045,13 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     frame = pd.DataFrame(x.astype(np.float64), columns=seq_columns(s.train.lookback, nf))
     y = test["target"].to_numpy(np.float64)
 
+    mismatch = window_mismatch(challenger)
+    if mismatch is not None:
+        raise ValueError(f"challenger {mismatch}: retrain it (afterbell stage heavy_training)")
     preds: dict[str, np.ndarray] = {}
     preds["challenger"] = _predict(registry.load_pyfunc(s, challenger), frame)
-    if champion is not None and champion.version != challenger.version:
+    stale = None if champion is None else window_mismatch(champion)
+    if champion is not None and champion.version != challenger.version and stale is None:
         preds["champion"] = _predict(registry.load_pyfunc(s, champion), frame)
     preds.update(_baseline_forecasts(s, d, test))
     ok = np.isfinite(y) & np.all([np.isfinite(p) for p in preds.values()], axis=0)
@@ -735,6 +1065,9 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     beats_champion = True
     if champion is not None and champion.version == challenger.version:
         reasons.append(f"challenger v{challenger.version} already is the champion")
+    elif champion is not None and stale is not None:
+        reasons.append(f"champion {stale}: it cannot be scored on this holdout, so the "
+                       f"challenger is judged against the baselines only")
     elif champion is not None:
         beats_champion = ch < metrics["champion"]["mae"]
         reasons.append(f"challenger MAE {ch:.5f} {'<' if beats_champion else '>='} champion "
@@ -779,6 +1112,25 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     })
 
 
+#: Window columns of versions registered before the ``window_columns`` tag existed.
+_LEGACY_WINDOW_COLUMNS = "ret_1,rv_5,rv_22,garch_vol,garch_forecast"
+
+
+def window_mismatch(version: Any) -> str | None:
+    """Why ``version`` cannot read tonight's windows, or None when it can.
+
+    A model version is tagged with the ``WINDOW_COLUMNS`` it was trained on; feeding it windows
+    of other columns would not fail (the wide input has at least as many columns) but would be
+    silently wrong, so callers refuse it instead.
+    """
+    trained = str(version.tags.get("window_columns", _LEGACY_WINDOW_COLUMNS))
+    current = ",".join(WINDOW_COLUMNS)
+    if trained == current:
+        return None
+    return (f"v{version.version} was trained on windows of ({trained}); the feature tables now "
+            f"hold ({current})")
+
+
 def _predict(model: Any, frame: pd.DataFrame) -> np.ndarray:
     out = model.predict(frame)
     col = out["forecast"] if isinstance(out, pd.DataFrame) else out
@@ -799,6 +1151,10 @@ def pre_market(session: str, settings: Settings | None = None) -> Summary:
         return _run_record(s, d, "pre_market", {
             "session": d.isoformat(), "forecasts": 0, "reason": "no champion yet",
         })
+    mismatch = window_mismatch(champion)
+    if mismatch is not None:
+        raise ValueError(f"champion {mismatch}: no forecast written; promote a model trained on "
+                         f"the current windows (the champion alias is left where it is)")
     online = online_features(s, list(s.universe), FEATURE_SERVICE)
     rows = {sym: v for sym, v in online.items() if v.get("seq") is not None}
     model = registry.load_pyfunc(s, champion)
@@ -832,7 +1188,7 @@ STAGES: dict[str, tuple[Callable[..., Summary], ...]] = {
     "close_analysis": (ingest, build_features, monitor),
     "light_training": (refit_garch,),
     "data_processing": (build_feature_tables, materialize),
-    "heavy_training": (plan_training, train_challenger),
+    "heavy_training": (plan_training, train_challenger, train_transformer),
     "validation": (validate_and_promote,),
     "pre_market": (pre_market,),
 }

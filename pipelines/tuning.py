@@ -233,7 +233,7 @@ def tune_lstm(
     x_tr, x_va : numpy.ndarray
         Training and validation windows ``(N, lookback, n_features)``, oldest first.
     y_tr, y_va : numpy.ndarray
-        Their targets ``(N,)``.
+        Their targets, ``(N,)`` or ``(N, len(spec_base.horizons))``.
     config : TuningConfig
         Budget, search space, sampler and pruner settings.
     storage : str

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.settings import Settings, TrainConfig
+from pipelines.settings import Settings, TrainConfig, TransformerTrainConfig
 
 #: A small slice of the real universe: two stocks (close only) and one index (OHLCV).
 SMALL_UNIVERSE = ("AAPL", "MSFT", "SPX")
@@ -27,6 +27,8 @@ def small_settings(tmp_path: Path) -> Settings:
         garch_refit_every=126,
         default_session=SESSION,
         train=TrainConfig(max_epochs=2, hidden=8, lookback=10, batch_size=128),
+        transformer=TransformerTrainConfig(max_epochs=1, max_train_rows=2000, d_model=16,
+                                           d_ff=32, n_layers=1),
     )
 
 
@@ -40,6 +42,8 @@ def small_env(home: Path) -> dict[str, str]:
         "AFTERBELL_GARCH_REFIT": "126",
         "AFTERBELL_MAX_EPOCHS": "3",
         "AFTERBELL_HIDDEN": "16",
+        "AFTERBELL_TRANSFORMER_EPOCHS": "1",
+        "AFTERBELL_TRANSFORMER_ROWS": "2000",
         "AFTERBELL_SESSION": SESSION.isoformat(),
         "AFTERBELL_CONFIG": str(Path(__file__).with_name("small_cycle.toml")),
     }

@@ -194,7 +194,7 @@ def test_feast_plan_apply_materialize_online_production(
     _feast(settings, "apply")
     first = _registry_rows(pg_database)
     assert first["feature_views"] == sorted((v,) for v in VIEWS)
-    assert first["feature_services"] == [("garch_lstm_v1",)]
+    assert first["feature_services"] == [("garch_lstm_v1",), ("garch_lstm_v2",)]
     _feast(settings, "apply")  # idempotent: same objects, no new versions
     assert _registry_rows(pg_database) == first
     assert "No changes to registry" in _feast(settings, "plan")

@@ -45,6 +45,7 @@ NIGHTLY_ORDER = (
     "heavy_training.window",
     "heavy_training.plan",
     "heavy_training.train_challenger",
+    "heavy_training.train_transformer",
     "validation.window",
     "validation.validate_and_promote",
     "pre_market.window",

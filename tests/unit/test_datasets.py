@@ -26,6 +26,19 @@ def test_segments_are_chronological_with_embargo() -> None:
     assert seg.train[0] == days[0]
 
 
+def test_segments_embargo_the_longest_label() -> None:
+    """Heads with labels up to 22 sessions: 22-session gaps between segments, while the test
+    segment still ends where the scored 5-session label is known."""
+    days = _days(600)
+    seg = make_segments(days, horizon=5, holdout=100, embargo=22)
+    pos = {d: i for i, d in enumerate(days)}
+    assert pos[seg.test[1]] == len(days) - 1 - 5
+    assert pos[seg.test[0]] - pos[seg.valid[1]] == 22 + 1
+    assert pos[seg.valid[0]] - pos[seg.train[1]] == 22 + 1
+    with pytest.raises(ValueError, match="shorter than the label horizon"):
+        make_segments(days, horizon=5, holdout=100, embargo=2)
+
+
 def test_segments_reject_short_history() -> None:
     with pytest.raises(ValueError, match="not enough history"):
         make_segments(_days(150), horizon=5, holdout=100)

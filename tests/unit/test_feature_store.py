@@ -100,7 +100,9 @@ def test_apply_is_idempotent(ctx: Ctx) -> None:
         "lstm_window",
         "market_features",
     ]
-    assert [s.name for s in feast_store.list_feature_services()] == ["garch_lstm_v1"]
+    assert sorted(s.name for s in feast_store.list_feature_services()) == [
+        "garch_lstm_v1", "garch_lstm_v2"
+    ]
     assert "symbol" in [e.name for e in feast_store.list_entities()]
     source = feast_store.get_feature_view("lstm_window").batch_source
     assert Path(source.path) == settings.offline_dir / "lstm_window.parquet"
@@ -166,9 +168,10 @@ def test_historical_join_by_feature_service(
     settings, tables = ctx.settings, ctx.tables
     window = tables["lstm_window"]
     entity = window[["symbol", "event_timestamp"]].sample(frac=1.0, random_state=3)
-    out = fs.historical_features(settings, entity, "garch_lstm_v1")
-    fast = fs.historical_features(settings, entity, "garch_lstm_v1", engine="asof")
-    assert {"seq", "asof", "garch_forecast", "rv_22"} <= set(out.columns)
+    out = fs.historical_features(settings, entity, "garch_lstm_v2")
+    fast = fs.historical_features(settings, entity, "garch_lstm_v2", engine="asof")
+    assert {"seq", "asof", "garch_forecast", "egarch_forecast", "ewma_forecast",
+            "rv_22"} <= set(out.columns)
     assert list(fast.columns) == list(out.columns)
     pd.testing.assert_frame_equal(fast.drop(columns="seq"), out.drop(columns="seq"))
     for a, b in zip(fast["seq"], out["seq"], strict=True):

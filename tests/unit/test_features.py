@@ -255,8 +255,9 @@ def test_schema_mappings_cover_every_feature() -> None:
     assert set(FEATURE_INPUTS.values()) <= {"close", "ohlc", "volume", "market"}
     for low, high in FEATURE_RANGES.values():
         assert low is None or high is None or low < high
-    # the LSTM input window is unchanged and its feature part is still produced here
-    assert WINDOW_COLUMNS == ("ret_1", "rv_5", "rv_22", "garch_vol", "garch_forecast")
+    # the LSTM input window (Kim & Won's inputs); its feature part is still produced here
+    assert WINDOW_COLUMNS == ("ret_1", "rv_5", "rv_22", "garch_vol", "garch_forecast",
+                              "egarch_forecast", "ewma_forecast")
     assert [c for c in WINDOW_COLUMNS if c not in GARCH_COLUMNS] == ["ret_1", "rv_5", "rv_22"]
 
 
@@ -495,8 +496,13 @@ def test_feast_market_view_declares_every_feature(repo_modules: Path) -> None:
     for col, field in fields.items():
         assert field.dtype == Float64 and field.description, col
     assert view.ttl is not None and view.ttl.days == 14
-    service = feature_services.garch_lstm_v1
-    assert service.name == "garch_lstm_v1" and service.tags["model"] == "garch_lstm_vol"
+    for service in (feature_services.garch_lstm_v1, feature_services.garch_lstm_v2):
+        assert service.tags["model"] == "garch_lstm_vol"
+    v2 = {(p.name, f.name) for p in feature_services.garch_lstm_v2.feature_view_projections
+          for f in p.features}
+    assert {("garch_features", "egarch_forecast"), ("garch_features", "ewma_forecast")} <= v2
+    garch_fields = {f.name for f in feature_views.garch_features.schema}
+    assert garch_fields == set(GARCH_COLUMNS)
 
     # .feastignore: only the definition modules are executed by `feast apply`
     files = {p.name for p in get_repo_files(repo_modules)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -31,8 +32,8 @@ def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     X[:, :, 0] = rng.normal(0, 1, (n, LOOKBACK)) * level / np.sqrt(252)  # ret_1
     X[:, :, 1] = level * np.exp(rng.normal(0, 0.2, (n, LOOKBACK)))  # rv_5
     X[:, :, 2] = level * np.exp(rng.normal(0, 0.1, (n, LOOKBACK)))  # rv_22
-    X[:, :, 3] = level * np.exp(rng.normal(0, 0.05, (n, LOOKBACK)))  # garch_vol
-    X[:, :, 4] = level * np.exp(rng.normal(0, 0.05, (n, LOOKBACK)))  # garch_forecast
+    for k in range(3, F):  # garch_vol, garch_forecast, egarch_forecast, ewma_forecast
+        X[:, :, k] = level * np.exp(rng.normal(0, 0.05, (n, LOOKBACK)))
     y = (X[:, -1, 4] * np.exp(rng.normal(0, 0.1, n))).astype(np.float64)
     return X, y
 
@@ -59,9 +60,16 @@ def test_spec_from_train_config() -> None:
     cfg = TrainConfig(lookback=15, hidden=16, max_epochs=4, seed=9)
     spec = LSTMSpec.from_train_config(cfg, horizon=10)
     assert (spec.lookback, spec.hidden, spec.max_epochs, spec.seed) == (15, 16, 4, 9)
-    assert spec.n_features == len(WINDOW_COLUMNS) == 5
-    assert spec.horizon == 10
+    assert spec.n_features == len(WINDOW_COLUMNS) == 7
+    assert spec.horizon == 10 and spec.horizons == (10,)
     assert LSTMSpec.from_dict(spec.to_dict()) == spec
+    multi = LSTMSpec.from_train_config(cfg, horizon=5, extra_horizons=(1, 5, 22))
+    assert multi.horizons == (5, 1, 22) and multi.n_outputs == 3
+    assert LSTMSpec.from_dict(json.loads(json.dumps(multi.to_dict()))) == multi
+    old = {k: v for k, v in spec.to_dict().items() if k != "extra_horizons"}
+    assert LSTMSpec.from_dict(old) == spec  # specs saved before extra heads existed
+    with pytest.raises(ValueError, match="distinct"):
+        LSTMSpec(horizon=5, extra_horizons=(5,))
 
 
 def test_seq_columns() -> None:
@@ -173,3 +181,64 @@ def test_net_output_positive_and_starts_at_mean() -> None:
     out = net(torch.randn(6, 4, F))
     assert out.shape == (6,)
     np.testing.assert_allclose(out.detach().numpy(), 0.25, rtol=1e-6)
+
+
+def test_multi_horizon_heads_learn_their_own_targets(
+    data: dict[str, tuple[np.ndarray, np.ndarray]], tmp_path
+) -> None:
+    """Kim & Won's 1- and 22-session heads beside the primary one: (N, 3) targets, the
+    primary head first; each head beats the train mean of its own target, and the heads differ
+    (a 1-session target twice as noisy, 0.8 times the level)."""
+    rng = np.random.default_rng(11)
+    (X_tr, y_tr), (X_va, y_va) = data["train"], data["valid"]
+
+    def heads(y: np.ndarray) -> np.ndarray:
+        short = 0.8 * y * np.exp(rng.normal(0, 0.2, len(y)))
+        return np.column_stack([y, short, 1.2 * y])
+
+    Y_tr, Y_va = heads(y_tr), heads(y_va)
+    spec = LSTMSpec(lookback=LOOKBACK, hidden=8, batch_size=64, max_epochs=3, patience=2,
+                    lr=1e-2, seed=5, base_feature=4, horizon=5, extra_horizons=(1, 22))
+    fitted = fit_lstm(spec, X_tr, Y_tr, X_va, Y_va)
+    pred = fitted.predict_horizons(X_va)
+    assert pred.shape == (len(X_va), 3)
+    np.testing.assert_array_equal(fitted.predict(X_va), pred[:, 0])
+    for k in range(3):
+        naive = mae(Y_va[:, k], np.full(len(Y_va), Y_tr[:, k].mean()))
+        assert mae(Y_va[:, k], pred[:, k]) < 0.8 * naive, k
+    assert np.median(pred[:, 2] / pred[:, 1]) == pytest.approx(1.5, rel=0.15)
+    # The loss is the mean over heads: the best epoch's value matches the kept weights.
+    assert np.abs(pred - Y_va).mean() == pytest.approx(min(fitted.valid_loss), rel=1e-4)
+    fitted.save(tmp_path / "m")
+    np.testing.assert_array_equal(FittedLSTM.load(tmp_path / "m").predict_horizons(X_va), pred)
+    with pytest.raises(ValueError, match="target column"):
+        fit_lstm(spec, X_tr, y_tr, X_va, y_va)
+
+
+def test_mlflow_epoch_logger_logs_every_epoch_into_the_active_run(
+    spec: LSTMSpec, data: dict[str, tuple[np.ndarray, np.ndarray]], tmp_path
+) -> None:
+    import mlflow
+
+    from models.lstm import MlflowEpochLogger
+
+    small = {k: (X[:400], y[:400]) for k, (X, y) in data.items()}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("epochs", artifact_location=(tmp_path / "a").as_uri())
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=exp) as run:
+            fitted = fit_lstm(spec, *small["train"], *small["valid"],
+                              callbacks=[MlflowEpochLogger()])
+        # outside a run the callback stays silent
+        fit_lstm(LSTMSpec(lookback=LOOKBACK, hidden=4, max_epochs=1), *small["train"],
+                 *small["valid"], callbacks=[MlflowEpochLogger()])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    for name, expected in (("valid_loss", fitted.valid_loss), ("train_loss", fitted.train_loss)):
+        hist = sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+        assert [m.step for m in hist] == list(range(len(expected)))
+        np.testing.assert_allclose([m.value for m in hist], expected, rtol=1e-6)
+    assert len(client.search_runs([exp])) == 1

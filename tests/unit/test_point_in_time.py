@@ -46,23 +46,24 @@ ENV_KEYS = ("AFTERBELL_HOME", "AFTERBELL_FEAST_REGISTRY_URL", "AFTERBELL_REDIS_U
 def _garch_table(features: pd.DataFrame) -> pd.DataFrame:
     """The ``garch`` table as :func:`pipelines.stages.refit_garch` writes it on a fresh lake.
 
-    For the last session ``d`` of ``features``: history rows from expanding-window refits
-    (:func:`models.garch.rolling_garch_features` on the returns before ``d``), the row of ``d``
-    from a fit on every return up to ``d``; symbols without ``MIN_OBS`` returns or without a
-    return on ``d`` are skipped, as in the stage.
+    For the last session ``d`` of ``features``: the stage's own per-symbol function
+    (:func:`pipelines.stages.garch_rows`: GARCH, EGARCH and EWMA; history rows from
+    expanding-window refits on the returns before ``d``, the row of ``d`` from fits on every
+    return up to ``d``); symbols without ``MIN_OBS`` returns or without a return on ``d`` are
+    skipped, as in the stage.
     """
-    from models.garch import GarchSpec, filter_garch, fit_garch, rolling_garch_features
+    from pipelines.stages import garch_rows, light_specs
 
     d = features["session"].max()
-    spec = GarchSpec(horizon=HORIZON)
+    specs = light_specs(HORIZON)
     rows = []
     for symbol, g in features.groupby("symbol", sort=True):
         r = g.set_index("session")["ret_1"].dropna()
         if len(r) < MIN_OBS or r.index[-1] != d:
             continue
-        hist = rolling_garch_features(r.iloc[:-1], spec, refit_every=REFIT_EVERY, min_obs=MIN_OBS)
-        rows.append(hist.assign(symbol=symbol))
-        rows.append(filter_garch(r, fit_garch(r, spec)).iloc[[-1]].assign(symbol=symbol))
+        out, _ = garch_rows(r, specs, history=list(r.index[:-1]), refit_every=REFIT_EVERY,
+                            min_obs=MIN_OBS)
+        rows.append(out.assign(symbol=symbol))
     out = pd.concat(rows).rename_axis("session").reset_index()
     out["event_timestamp"] = closes_for(out["session"])
     return out[["symbol", "session", "event_timestamp", *GARCH_COLUMNS]]

@@ -24,11 +24,13 @@ import torch
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import _tracking_service
 
+from models.garch import GarchFamily, GarchSpec, fit_garch
 from models.lstm import FittedLSTM, LSTMSpec, fit_lstm, seq_columns
 from models.pyfunc import (
     TORCH_CPU_INDEX,
     GarchLSTMPyfunc,
     TransformerPyfunc,
+    log_garch_family,
     log_lstm_model,
     log_transformer_model,
     pinned_requirements,
@@ -46,6 +48,7 @@ LOOKBACK, F = 6, 5
 T_LOOKBACK = 8
 LSTM_NAME = "garch_lstm_vol_test"
 TRANSFORMER_NAME = "patchtst_test"
+GARCH_NAME = "garch_family_test"
 ALIAS = "champion"
 TAGS = {
     "session": "2024-03-28",
@@ -58,8 +61,10 @@ TAGS = {
 def fitted() -> FittedLSTM:
     rng = np.random.default_rng(0)
     X = np.abs(rng.normal(0.2, 0.05, size=(600, LOOKBACK, F))).astype(np.float32)
-    y = X[:, -1, 3] * np.exp(rng.normal(0, 0.1, 600))
-    spec = LSTMSpec(lookback=LOOKBACK, hidden=8, batch_size=128, max_epochs=2, seed=3)
+    base = X[:, -1, 3] * np.exp(rng.normal(0, 0.1, 600))
+    y = np.column_stack([base, 0.8 * base, 1.1 * base])  # heads: 5 (primary), 1 and 22 sessions
+    spec = LSTMSpec(lookback=LOOKBACK, hidden=8, batch_size=128, max_epochs=2, seed=3,
+                    n_features=F, horizon=5, extra_horizons=(1, 22))
     return fit_lstm(spec, X[:500], y[:500], X[500:], y[500:])
 
 
@@ -78,6 +83,28 @@ def fitted_transformer() -> FittedTransformer:
         seed=spec.seed,
     )
     return fit_transformer(spec, data, accelerator="cpu")
+
+
+def _garch_returns() -> pd.DataFrame:
+    """About 400 real daily log returns of SPX and AAPL (replay source), long format."""
+    from pipelines import calendar
+    from pipelines.sources import ReplaySource
+
+    sessions = calendar.previous_sessions(pd.Timestamp("2018-12-31").date(), 401)
+    bars = ReplaySource(("SPX", "AAPL")).bars(sessions).sort_values(["symbol", "session"])
+    bars["ret_1"] = np.log(bars["adj_close"]).groupby(bars["symbol"]).diff()
+    return bars.dropna(subset=["ret_1"])[["symbol", "session", "ret_1"]].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def garch_family() -> GarchFamily:
+    rets = _garch_returns()
+    specs = {"garch": GarchSpec(horizon=5), "egarch": GarchSpec(vol="EGARCH", horizon=5)}
+    return GarchFamily({
+        model: {str(sym): fit_garch(g.set_index("session")["ret_1"], spec)
+                for sym, g in rets.groupby("symbol")}
+        for model, spec in specs.items()
+    })
 
 
 def _lstm_frame() -> pd.DataFrame:
@@ -136,11 +163,13 @@ def logged(
     tmp_path_factory: pytest.TempPathFactory,
     fitted: FittedLSTM,
     fitted_transformer: FittedTransformer,
+    garch_family: GarchFamily,
 ) -> Iterator[Logged]:
     root = tmp_path_factory.mktemp("pyfunc_registry")
     uri = f"sqlite:///{root}/mlflow.db"
     previous = _tracking_service.utils._tracking_uri
-    frames = {LSTM_NAME: _lstm_frame(), TRANSFORMER_NAME: _transformer_frame()}
+    frames = {LSTM_NAME: _lstm_frame(), TRANSFORMER_NAME: _transformer_frame(),
+              GARCH_NAME: _garch_returns()}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
@@ -160,17 +189,27 @@ def logged(
                     fitted_transformer, registered_model_name=TRANSFORMER_NAME,
                     input_example=frames[TRANSFORMER_NAME].head(3), tags=TAGS,
                 )
+            with mlflow.start_run(experiment_id=exp_id):
+                infos[GARCH_NAME] = log_garch_family(
+                    garch_family, registered_model_name=GARCH_NAME,
+                    input_example=frames[GARCH_NAME].tail(150), tags=TAGS,
+                )
             for name, info in infos.items():
                 client.set_registered_model_alias(name, ALIAS, str(info.registered_model_version))
             # What the training process predicts.
             lstm_in = frames[LSTM_NAME]
             expected = {
                 LSTM_NAME: pd.DataFrame(
-                    {"forecast": fitted.predict(lstm_in.to_numpy())}, index=lstm_in.index
+                    {"forecast": fitted.predict(lstm_in.to_numpy()),
+                     **{f"vol_{h}": col for h, col in zip(
+                         fitted.spec.horizons, fitted.predict_horizons(lstm_in.to_numpy()).T,
+                         strict=True)}},
+                    index=lstm_in.index,
                 ),
                 TRANSFORMER_NAME: fitted_transformer.predict(
                     frames[TRANSFORMER_NAME].to_numpy(), index=frames[TRANSFORMER_NAME].index
                 ),
+                GARCH_NAME: garch_family.predict(frames[GARCH_NAME]),
             }
             loaded, origins = _load_in_fresh_process(uri, frames, root)
             yield Logged(uri, root, infos, frames, expected, loaded, origins)
@@ -261,13 +300,17 @@ def test_log_requires_active_run(
 
 
 @pytest.mark.slow  # the module fixture starts a second interpreter (mlflow, torch, lightning)
-@pytest.mark.parametrize("name", [LSTM_NAME, TRANSFORMER_NAME])
+@pytest.mark.parametrize("name", [LSTM_NAME, TRANSFORMER_NAME, GARCH_NAME])
 def test_alias_loaded_in_fresh_process_reproduces_training_predictions(
     logged: Logged, name: str
 ) -> None:
     expected, loaded = logged.expected[name], logged.loaded[name]
     assert list(loaded.columns) == list(expected.columns)
     assert loaded.index.equals(expected.index)
+    if name == GARCH_NAME:  # keys, then numbers
+        keys = ["symbol", "session"]
+        pd.testing.assert_frame_equal(loaded[keys], expected[keys], check_dtype=False)
+        loaded, expected = loaded.drop(columns=keys), expected.drop(columns=keys)
     np.testing.assert_allclose(loaded.to_numpy(), expected.to_numpy(), rtol=1e-6, atol=1e-7)
     # The code came with this model (code_paths), not from the checkout or the install.
     for file in logged.origins[name]:
@@ -316,7 +359,10 @@ def test_lstm_predict_names_missing_columns(
     )
     model.load_context(context)
     out = model.predict(context, frame)
+    assert list(out.columns) == ["forecast", "vol_5", "vol_1", "vol_22"]
     np.testing.assert_allclose(out["forecast"], fitted.predict(frame.to_numpy()), atol=1e-6)
+    np.testing.assert_allclose(out[["vol_5", "vol_1", "vol_22"]],
+                               fitted.predict_horizons(frame.to_numpy()), atol=1e-6)
     with pytest.raises(ValueError, match="x003"):
         model.predict(context, frame.drop(columns=["x003"]))
 
@@ -344,3 +390,20 @@ def test_transformer_pyfunc_matches_fitted_and_checks_input(
     bad.iloc[3, 5] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         model.predict(context, bad)
+
+
+def test_garch_family_output_and_errors(garch_family: GarchFamily, tmp_path: Path) -> None:
+    rets = _garch_returns()
+    out = garch_family.predict(rets)
+    assert list(out.columns) == ["symbol", "session", "garch_vol", "garch_forecast",
+                                 "egarch_vol", "egarch_forecast", "ewma_forecast"]
+    assert list(out["symbol"]) == ["AAPL", "SPX"]
+    assert (out["session"] == pd.Timestamp("2018-12-31")).all()
+    values = out.drop(columns=["symbol", "session"]).to_numpy()
+    assert np.isfinite(values).all() and (values > 0.02).all() and (values < 2.0).all()
+    loaded = GarchFamily.load(garch_family.save(tmp_path / "fam"))
+    pd.testing.assert_frame_equal(loaded.predict(rets), out)
+    with pytest.raises(ValueError, match="MSFT"):
+        garch_family.predict(rets.assign(symbol="MSFT"))
+    with pytest.raises(ValueError, match="ret_1"):
+        garch_family.predict(rets.drop(columns=["ret_1"]))

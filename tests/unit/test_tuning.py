@@ -240,6 +240,8 @@ def _fake_dataset(sessions: int = 120, symbols: int = 3) -> tuple[pd.DataFrame, 
         "session": np.repeat(days, symbols),
         "seq": list(X.reshape(len(X), -1).astype(np.float64)),
         "target": y,
+        "target_1": 0.9 * y,  # the extra heads' labels (Settings.extra_horizons)
+        "target_22": 1.1 * y,
     })
     d = [x.date() for x in days]
     seg = Segments(train=(d[0], d[79]), valid=(d[85], d[104]), test=(d[110], d[-1]))
