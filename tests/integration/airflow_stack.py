@@ -98,6 +98,9 @@ class AirflowStack:
         timeout, when waiting could deadlock); the command's transaction is rolled back, so it is
         run again, as the README tells users to. Any other failure is raised at once.
         """
+        creating = tuple(args[:2]) == ("backfill", "create")
+        dag_id = args[args.index("--dag-id") + 1] if creating and "--dag-id" in args else None
+        before = self.latest_backfill_id(dag_id) if dag_id else None
         for attempt in range(1, attempts + 1):
             proc = subprocess.run(["airflow", *args], env=self.env, capture_output=True,
                                   text=True, timeout=timeout, check=False)
@@ -106,6 +109,21 @@ class AirflowStack:
                 break
             print(f"[airflow] `{' '.join(args[:2])}` hit 'database is locked'; retrying",
                   flush=True)
+            if dag_id:
+                # Airflow commits the backfill row first, then creates its runs in one
+                # transaction: a lock error leaves either the whole backfill or a run-less
+                # orphan, which blocks a new backfill of the DAG until the scheduler closes it
+                # (two minutes after its creation).
+                latest = self.latest_backfill_id(dag_id)
+                if latest is not None and latest != before:
+                    if self.backfill_runs(latest):
+                        print("[airflow] `backfill create` was committed by the locked attempt",
+                              flush=True)
+                        return out
+                    print(f"[airflow] waiting for the scheduler to close run-less backfill "
+                          f"{latest}", flush=True)
+                    self.wait_backfill_completed(latest, timeout=240)
+                    before = latest
             time.sleep(5)
         if proc.returncode != 0:
             raise AirflowError(
