@@ -30,11 +30,11 @@ early closes and DST included). The data interval is the session from the open t
 | stage (task group) | window (New York) | tasks |
 |---|---|---|
 | `close_analysis` | the close | `ingest` → `build_features` → `monitor` |
-| `light_training` | 17:00 | `refit_garch` |
+| `light_training` | 17:00 | `refit_garch` → `recalibrate_risk` |
 | `data_processing` | 19:00 | `build_feature_tables` → `materialize` |
 | `heavy_training` | 22:00 | `plan` (cadence / retrain) → `train_challenger` → `train_transformer` |
 | `validation` | 02:00 next day | `validate_and_promote` |
-| `pre_market` | 07:00 next session | `pre_market` |
+| `pre_market` | 07:00 next session | `pre_market` → `size_positions` |
 
 Each stage first waits for its window with a deferrable sensor (no worker slot held); in a backfill
 the windows are past and the run goes straight through. Windows and cadence live in
@@ -128,7 +128,7 @@ def nightly_cycle():
 
     @task_group
     def light_training(session: str) -> None:
-        """Refit the GARCH models per symbol."""
+        """Refit the GARCH models per symbol; VaR/CVaR, covariance and stress scenarios."""
 
         @task(pool="training")
         def refit_garch(session: str) -> dict:
@@ -136,7 +136,13 @@ def nightly_cycle():
 
             return run_stage("refit_garch", session)
 
-        _window("light_training") >> refit_garch(session)
+        @task
+        def recalibrate_risk(session: str) -> dict:
+            from pipelines.tasks import run_stage
+
+            return run_stage("recalibrate_risk", session)
+
+        _window("light_training") >> refit_garch(session) >> recalibrate_risk(session)
 
     @task_group
     def data_processing(session: str) -> None:
@@ -196,7 +202,8 @@ def nightly_cycle():
 
     @task_group
     def pre_market(session: str) -> None:
-        """Latest features online and the champion's forecasts for the next session."""
+        """Latest features online, the champion's forecasts for the next session, then sizing,
+        limits, circuit breakers and the paper broker's orders."""
 
         @task(trigger_rule="none_failed")
         def pre_market(session: str) -> dict:
@@ -204,7 +211,13 @@ def nightly_cycle():
 
             return run_stage("pre_market", session)
 
-        _window("pre_market", "none_failed") >> pre_market(session)
+        @task
+        def size_positions(session: str) -> dict:
+            from pipelines.tasks import run_stage
+
+            return run_stage("size_positions", session)
+
+        _window("pre_market", "none_failed") >> pre_market(session) >> size_positions(session)
 
     session = resolve_session()
     (

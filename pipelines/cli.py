@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.options_cli import add_options_parser, cmd_options
 from pipelines.settings import ALIAS_CHALLENGER, ALIAS_CHAMPION, Settings
 
 
@@ -62,6 +63,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="a small run: 2 symbols, 2 folds, tiny network (for tests)")
     ev.add_argument("--out", default="docs/evaluation.md", help="markdown report to write")
     ev.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+    rb = sub.add_parser("rollback", help="move the champion alias back to previous")
+    rb.add_argument("--reason", default="", help="why (tagged on the rolled-back version)")
+
+    rk = sub.add_parser("risk", help="risk reports")
+    rk_sub = rk.add_subparsers(dest="risk_command", required=True, metavar="REPORT")
+    vb = rk_sub.add_parser("var-backtest", help="GARCH-t 99%% VaR backtest of the S&P 500 "
+                           "(1999-2018) per 250-session window with its Basel zone")
+    vb.add_argument("--out", default="docs/var_backtest.md", help="markdown report to write")
+    vb.add_argument("--refit-every", type=int, default=21,
+                    help="sessions between GARCH re-estimations")
+
+    ks = sub.add_parser("kill-switch", help="halt (on) or resume (off) the pre-market orders")
+    ks.add_argument("state", choices=("on", "off", "status"))
+    ks.add_argument("--reason", default="", help="why (required to turn it on or off)")
+
+    add_options_parser(sub)
 
     sub.add_parser("env", help="write $AFTERBELL_HOME/env.sh and print the environment")
     sub.add_parser("init", help="prepare the state directory (Airflow DB, env.sh, Feast)")
@@ -212,6 +230,7 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
     heavy, pre = _read(runs / "heavy_training.json"), _read(runs / "pre_market.json")
     plan, feats = _read(runs / "plan_training.json"), _read(runs / "features.json")
     trf = _read(runs / "transformer.json")
+    risk, sized = _read(runs / "risk.json"), _read(runs / "size_positions.json")
     champion = registry.alias_version(settings, ALIAS_CHAMPION)
     lines = [
         "",
@@ -252,9 +271,20 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
         f"champion         {settings.model_name} v{champion.version} (alias {ALIAS_CHAMPION})"
         if champion else "champion         none yet (the challenger did not pass the gate)"
     )
+    if risk.get("book_var"):
+        g = risk["book_var"]["garch_t_99"]
+        worst = min(risk["stress"].items(), key=lambda kv: kv[1]["pnl"])
+        lines.append(f"risk             {risk['book']}: GARCH-t 99% VaR {g['var']:.2%}, ES "
+                     f"{g['cvar']:.2%}; worst stress {worst[0]} {worst[1]['pnl']:.1%}")
     if pre:
         lines.append(f"pre-market       {pre.get('forecasts', 0)} forecasts for "
                      f"{pre.get('for_session', '?')}")
+    if sized:
+        halted = " HALTED: " + "; ".join(sized["halt_reasons"]) if sized.get("halted") else ""
+        lines.append(f"paper orders     {sized.get('orders', 0)} orders, gross "
+                     f"{sized.get('gross', 0.0):.2f} of equity "
+                     f"{sized.get('equity', 0.0):,.0f}{halted}"
+                     if "gross" in sized else f"paper orders     {sized.get('reason', 'none')}")
     if serve and champion is not None:
         from pipelines.live import free_port, query_all, running_server
 
@@ -281,6 +311,41 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
     return "\n".join(lines)
 
 
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines import registry
+
+    restored, removed = registry.rollback(settings, reason=args.reason)
+    _say(f"{settings.model_name}: champion v{removed.version} -> v{restored.version} "
+         f"(v{removed.version} tagged rolled_back; '{registry.ALIAS_PREVIOUS}' removed)")
+    return 0
+
+
+def cmd_risk(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.var_backtest import run_var_backtest
+
+    out = Path(args.out)
+    table = run_var_backtest(out, refit_every=args.refit_every)
+    _say(f"{len(table)} rows written to {out}")
+    return 0
+
+
+def cmd_kill_switch(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.orders import kill_switch_path, kill_switch_reason, set_kill_switch
+
+    if args.state != "status":
+        if not args.reason.strip():
+            raise ValueError("afterbell kill-switch on|off needs --reason")
+        set_kill_switch(settings.home, args.state == "on", args.reason)
+    reason = kill_switch_reason(settings.home)
+    state = f"ON ({reason})" if reason is not None else "off"
+    _say(f"kill switch {state}: {kill_switch_path(settings.home)}")
+    return 0
+
+
+def cmd_options_command(settings: Settings, args: argparse.Namespace) -> int:
+    return cmd_options(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "stage": cmd_stage,
@@ -290,6 +355,10 @@ COMMANDS = {
     "env": cmd_env,
     "init": cmd_init,
     "summary": cmd_summary,
+    "rollback": cmd_rollback,
+    "kill-switch": cmd_kill_switch,
+    "risk": cmd_risk,
+    "options": cmd_options_command,
 }
 
 

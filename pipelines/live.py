@@ -76,6 +76,8 @@ def serve_window(settings: Settings, open_: pd.Timestamp, close: pd.Timestamp) -
     stop. Live serving is the one place where the wall clock decides what happens."""
     now = datetime.now(UTC)
     host = settings.serve_host
+    # the served session: the champion's age (max_champion_age) is counted up to it
+    settings = settings.with_(default_session=close.tz_convert("America/New_York").date())
     if now >= close.to_pydatetime():
         with running_server(settings, host, free_port(host)) as base:
             answers = query_all(base, list(settings.universe))

@@ -160,6 +160,37 @@ def promote(settings: Settings, version: str) -> ModelRef | None:
     return old
 
 
+def rollback(settings: Settings, reason: str = "") -> tuple[ModelRef, ModelRef]:
+    """Move ``champion`` back to ``previous``; returns (restored, rolled back).
+
+    The rolled-back version is tagged ``rolled_back`` (with ``reason``) and ``previous`` is
+    removed, so a second rollback fails instead of flipping back to the version just removed.
+
+    Raises
+    ------
+    ValueError
+        When there is no ``previous`` or no ``champion`` alias, or both name the same version.
+    """
+    current = alias_version(settings, ALIAS_CHAMPION)
+    target = alias_version(settings, ALIAS_PREVIOUS)
+    if target is None:
+        raise ValueError(f"{settings.model_name} has no '{ALIAS_PREVIOUS}' alias: nothing to roll "
+                         f"back to (the champion is left where it is)")
+    if current is None:
+        raise ValueError(f"{settings.model_name} has no '{ALIAS_CHAMPION}' alias to roll back")
+    if current.version == target.version:
+        raise ValueError(f"'{ALIAS_CHAMPION}' and '{ALIAS_PREVIOUS}' both name v{current.version}")
+    set_alias(settings, ALIAS_CHAMPION, target.version)
+    c = client(settings)
+    c.delete_registered_model_alias(settings.model_name, ALIAS_PREVIOUS)
+    tag_version(settings, current.version, {"rolled_back": reason or "afterbell rollback",
+                                            "rolled_back_to": target.version})
+    tag_version(settings, target.version, {"restored_from": current.version})
+    log.info("rollback: %s champion v%s -> v%s", settings.model_name, current.version,
+             target.version)
+    return target, current
+
+
 def load_pyfunc(settings: Settings, ref: ModelRef) -> Any:
     """Load a registered version as an MLflow pyfunc (the only way models are deserialised)."""
     import mlflow
@@ -250,6 +281,7 @@ __all__ = [
     "log_data_quality",
     "promote",
     "registered_before",
+    "rollback",
     "session_run",
     "set_alias",
     "tag_version",

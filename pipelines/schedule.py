@@ -144,6 +144,13 @@ class CycleConfig:
     #: The ``[monitoring]`` table, validated by :class:`pipelines.monitoring.MonitorThresholds`.
     monitoring: Mapping[str, Any] = field(default_factory=dict)
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    #: The ``[validation]`` table (promotion gate), validated by :class:`pipelines.gate.GateConfig`.
+    validation: Mapping[str, Any] = field(default_factory=dict)
+    #: The ``[limits]`` table (position limits, circuit breakers), validated by
+    #: :class:`pipelines.orders.Limits`.
+    limits: Mapping[str, Any] = field(default_factory=dict)
+    #: The ``[sizing]`` table, validated by :class:`models.sizing.SizingSpec`.
+    sizing: Mapping[str, Any] = field(default_factory=dict)
 
 
 def config_path() -> Path:
@@ -223,7 +230,8 @@ def load_config(path: Path | None = None) -> CycleConfig:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{p}: not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - {"windows", "cadence", "pools", "monitoring", "tuning"})
+    unknown = sorted(set(raw) - {"windows", "cadence", "pools", "monitoring", "tuning",
+                                 "validation", "limits", "sizing"})
     if unknown:
         raise ValueError(f"{p}: unknown sections {unknown}")
     return CycleConfig(
@@ -232,7 +240,32 @@ def load_config(path: Path | None = None) -> CycleConfig:
         pools=_section(PoolConfig, raw.get("pools", {}), "pools", p),
         monitoring=dict(raw.get("monitoring", {})),
         tuning=_tuning_section(raw.get("tuning", {}), p),
+        validation=_checked(raw.get("validation", {}), "validation", p),
+        limits=_checked(raw.get("limits", {}), "limits", p),
+        sizing=_checked(raw.get("sizing", {}), "sizing", p),
     )
+
+
+def _checked(table: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
+    """The ``[validation]`` / ``[limits]`` / ``[sizing]`` table, checked now by the dataclass
+    that reads it, so a bad settings file fails when it is read, naming the file."""
+    if name == "validation":
+        from pipelines.gate import GateConfig
+
+        check: Any = GateConfig.from_mapping
+    elif name == "sizing":
+        from models.sizing import SizingSpec
+
+        check = SizingSpec.from_mapping
+    else:
+        from pipelines.orders import Limits
+
+        check = Limits.from_mapping
+    try:
+        check(table)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return dict(table)
 
 
 def window_times(session: date, windows: StageWindows) -> dict[str, datetime]:

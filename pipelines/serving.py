@@ -113,12 +113,14 @@ class MlflowPredictor:
         mlflow.exceptions.MlflowException
             If the model or the alias does not exist.
         ValueError
-            If the version was trained on other window columns than the feature tables hold.
+            If the version was trained on other window columns than the feature tables hold, or
+            more than ``max_champion_age`` sessions (``[validation]``) before
+            ``settings.default_session``, the session being served.
         """
         import mlflow
         from mlflow import MlflowClient
 
-        from pipelines.stages import window_mismatch
+        from pipelines.stages import stale_champion, window_mismatch
 
         mlflow.set_tracking_uri(settings.tracking_uri)
         mlflow.set_registry_uri(settings.tracking_uri)  # models:/ URIs resolve in the registry
@@ -128,6 +130,9 @@ class MlflowPredictor:
         mismatch = window_mismatch(mv)
         if mismatch is not None:
             raise ValueError(f"{alias} {mismatch}")
+        stale = stale_champion(mv, settings.default_session)
+        if stale is not None:
+            raise ValueError(f"{alias} {stale}")
         model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{mv.version}")
         return cls(settings.model_name, str(mv.version), alias, model)
 

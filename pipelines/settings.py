@@ -47,6 +47,16 @@ STOCKS: tuple[str, ...] = (
 )  # fmt: skip
 INDICES: tuple[str, ...] = ("SPX", "NDX")
 DEFAULT_UNIVERSE: tuple[str, ...] = STOCKS + INDICES
+#: GICS sector of each replay symbol (the ``max_sector`` limit); the indices are their own.
+SECTORS: Mapping[str, str] = MappingProxyType({
+    "AAPL": "Information Technology", "AMD": "Information Technology",
+    "MSFT": "Information Technology", "BAC": "Financials", "JPM": "Financials",
+    "BBY": "Consumer Discretionary", "HD": "Consumer Discretionary", "CVX": "Energy",
+    "RRC": "Energy", "XOM": "Energy", "GE": "Industrials", "JNJ": "Health Care",
+    "LLY": "Health Care", "MRK": "Health Care", "PFE": "Health Care", "UNH": "Health Care",
+    "KO": "Consumer Staples", "PEP": "Consumer Staples", "PG": "Consumer Staples",
+    "WMT": "Consumer Staples", "SPX": "Index: S&P 500", "NDX": "Index: NASDAQ",
+})
 
 #: Registered model name of the volatility forecaster and its aliases (CONTRACT.md).
 MODEL_NAME = "garch_lstm_vol"

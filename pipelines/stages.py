@@ -550,6 +550,85 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
 GARCH_FAMILY_MODEL_NAME = "garch_family_vol"
 
 
+#: Sessions of returns behind the VaR/ES estimates and the covariance of the light stage.
+RISK_WINDOW = 1000
+COVARIANCE_WINDOW = 252
+
+
+def recalibrate_risk(session: str, settings: Settings | None = None) -> Summary:
+    """VaR/CVaR at 95% and 99% per symbol and for the paper book, shrunk covariance, stress.
+
+    Per symbol and for the book held over the session (the paper broker's latest targets, or an
+    equal-weight book before the first pre-market): historical, parametric normal and Student-t,
+    GARCH(1,1)-t and GARCH-filtered historical simulation VaR and ES over the last
+    ``RISK_WINDOW`` sessions (:func:`models.risk.var_table`); the Ledoit-Wolf covariance of the
+    last ``COVARIANCE_WINDOW`` sessions; the book under the scenarios of
+    :data:`models.risk.STRESS_SCENARIOS` (October 2008 and March 2020 replayed from the packaged
+    data, market shocks of -10% and -20% times each symbol's beta to the S&P 500). Written to
+    ``lake/risk`` and ``lake/covariance`` (session partitions) and ``runs/session=D/risk.json``.
+    """
+    from models.risk import STRESS_SCENARIOS, run_scenario, shrunk_covariance, var_table
+    from pipelines import lake
+    from pipelines.orders import positions
+    from pipelines.sources import load_replay_panel
+
+    d, s = _setup(session, settings)
+    rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
+    wide = rets.pivot_table(index="session", columns="symbol", values="ret_1").apply(np.expm1)
+    wide = wide.loc[:, [c for c in wide.columns if c in s.universe]].tail(RISK_WINDOW)
+    book = positions(s.home / "broker", d)
+    book = book[book != 0.0]
+    label = "paper book"
+    if book.empty:
+        book = pd.Series(1.0 / wide.shape[1], index=wide.columns)
+        label = "equal-weight (no paper book yet)"
+    rows = []
+    for symbol in wide.columns:
+        r = wide[symbol].dropna().to_numpy(float)
+        if len(r) < 250:
+            continue
+        rows.append(var_table(r).assign(symbol=symbol))
+    port = (wide.reindex(columns=book.index).fillna(0.0) * book).sum(axis=1)
+    rows.append(var_table(port.to_numpy(float)).assign(symbol="_book"))
+    table = pd.concat(rows, ignore_index=True).assign(session=pd.Timestamp(d))
+    lake.write_partition(s.lake_dir, "risk", d, table[["symbol", "session", "method", "level",
+                                                      "var", "cvar"]])
+    cov, shrinkage = shrunk_covariance(wide.tail(COVARIANCE_WINDOW).dropna(axis=1, how="any"))
+    cov_long = pd.DataFrame(
+        [(str(a), str(b), float(cov.loc[a, b])) for a in cov.index for b in cov.columns],
+        columns=["symbol", "other", "cov"],
+    )
+    lake.write_partition(s.lake_dir, "covariance", d, cov_long.assign(session=pd.Timestamp(d)))
+    recent = wide.tail(COVARIANCE_WINDOW)
+    market = recent["SPX"] if "SPX" in recent else recent.mean(axis=1)
+    betas = recent.apply(lambda c: c.cov(market) / market.var())
+    panel = load_replay_panel()
+    history = panel.pivot_table(index="session", columns="symbol",
+                                values="close").pct_change(fill_method=None)
+    stress = {}
+    for name, scenario in STRESS_SCENARIOS.items():
+        res = run_scenario(book, scenario, returns=history, betas=betas)
+        stress[name] = {"pnl": res.pnl, "worst_day": res.worst_day,
+                        "worst_date": None if res.worst_date is None
+                        else res.worst_date.date().isoformat(),
+                        "sessions": res.sessions, "missing": list(res.missing)}
+    book_var = table[table["symbol"] == "_book"]
+    summary = {f"{m}_{round(float(lv) * 100)}": {"var": v, "cvar": c}
+               for m, lv, v, c in book_var[["method", "level", "var", "cvar"]].itertuples(
+                   index=False)}
+    log.info("risk %s: book (%s) GARCH-t VaR99 %.4f, ES99 %.4f; Ledoit-Wolf shrinkage %.3f",
+             d, label, summary["garch_t_99"]["var"], summary["garch_t_99"]["cvar"], shrinkage)
+    return _run_record(s, d, "risk", {
+        "session": d.isoformat(), "book": label,
+        "weights": {str(k): float(v) for k, v in book.sort_index().items()},
+        "window": len(wide), "book_var": summary,
+        "symbols": int(table["symbol"].nunique() - 1),
+        "covariance": {"window": COVARIANCE_WINDOW, "shrinkage": shrinkage,
+                       "symbols": list(map(str, cov.columns))},
+        "stress": stress,
+    })
+
+
 def _register_garch_family(
     s: Settings, d: date, fits: dict[str, dict[str, Any]], feats: pd.DataFrame
 ) -> str:
@@ -787,6 +866,8 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
         "horizon": s.horizon, "horizons": ",".join(map(str, spec.horizons)),
         "window_columns": ",".join(WINDOW_COLUMNS), "run_id": run.info.run_id,
         **({"tuning_study": tuned.study_name} if tuned is not None else {}),
+        # the Deflated Sharpe Ratio of the validation corrects for the search that found it
+        "configurations_tried": max(1, tuned.n_trials) if tuned is not None else 1,
     })
     from pipelines.monitoring import clear_retrain, pending_retrain
 
@@ -966,12 +1047,6 @@ def train_transformer(session: str, settings: Settings | None = None) -> Summary
 
 
 # -------------------------------------------------------------------------------- validation
-def _score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    from models.baselines import mae, qlike, rmse
-
-    return {"mae": mae(y, p), "rmse": rmse(y, p), "qlike": qlike(y, p)}
-
-
 def _baseline_forecasts(s: Settings, d: date, keys: pd.DataFrame) -> dict[str, np.ndarray]:
     """GARCH(1,1)-t, EWMA and historical-vol forecasts for the holdout rows (all causal)."""
     from models.baselines import ewma_vol, historical_vol
@@ -996,20 +1071,27 @@ def _baseline_forecasts(s: Settings, d: date, keys: pd.DataFrame) -> dict[str, n
 
 
 def validate_and_promote(session: str, settings: Settings | None = None) -> Summary:
-    """Score challenger, champion and baselines on the same holdout; promote on a win.
+    """Judge the ``challenger`` against the champion and the baselines; promote on a clear win.
 
-    The gate: the challenger must have a lower holdout MAE than the GARCH baseline and than the
-    current champion (if any). Otherwise ``champion`` stays where it is. The decision, its
-    reasons and every metric are logged to an MLflow run with ``validation/report.json``.
+    Whatever ``challenger`` points to (set by the heavy stage, or by hand in the MLflow UI) is
+    scored with the champion and the baselines on the same holdout rows; the figures and the
+    gate are :mod:`pipelines.gate`'s (thresholds: ``[validation]`` of ``afterbell.toml``). On a
+    promotion ``champion`` moves to the challenger and the replaced champion becomes
+    ``previous``. The decision and every reason are tagged on the model version, and the report
+    (``validation/report.json`` and ``validation/report.html`` with plots) is logged to the
+    validation's MLflow run; ``runs/session=D/validation_report.json`` keeps the JSON.
     """
     import mlflow
 
     from models.lstm import seq_columns
     from pipelines import registry
     from pipelines.datasets import stack_windows
+    from pipelines.gate import GateConfig, Holdout, decide, evaluate
     from pipelines.report import render_report_html
+    from pipelines.schedule import load_config
 
     d, s = _setup(session, settings)
+    cfg = GateConfig.from_mapping(load_config().validation)
     latest = _is_latest(s, d)
     challenger = _challenger_as_of(s, d)
     if challenger is None:
@@ -1043,7 +1125,6 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     nf = len(WINDOW_COLUMNS)
     x = stack_windows(test["seq"], s.train.lookback, nf).reshape(len(test), -1)
     frame = pd.DataFrame(x.astype(np.float64), columns=seq_columns(s.train.lookback, nf))
-    y = test["target"].to_numpy(np.float64)
 
     mismatch = window_mismatch(challenger)
     if mismatch is not None:
@@ -1051,41 +1132,45 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     preds: dict[str, np.ndarray] = {}
     preds["challenger"] = _predict(registry.load_pyfunc(s, challenger), frame)
     stale = None if champion is None else window_mismatch(champion)
-    if champion is not None and champion.version != challenger.version and stale is None:
+    already = champion is not None and champion.version == challenger.version
+    if champion is not None and not already and stale is None:
         preds["champion"] = _predict(registry.load_pyfunc(s, champion), frame)
     preds.update(_baseline_forecasts(s, d, test))
-    ok = np.isfinite(y) & np.all([np.isfinite(p) for p in preds.values()], axis=0)
-    metrics = {name: _score(y[ok], p[ok]) for name, p in preds.items()}
-
-    reasons: list[str] = []
-    ch = metrics["challenger"]["mae"]
-    beats_garch = ch < metrics["garch"]["mae"]
-    reasons.append(f"challenger MAE {ch:.5f} {'<' if beats_garch else '>='} GARCH baseline "
-                   f"{metrics['garch']['mae']:.5f}")
-    beats_champion = True
-    if champion is not None and champion.version == challenger.version:
-        reasons.append(f"challenger v{challenger.version} already is the champion")
-    elif champion is not None and stale is not None:
-        reasons.append(f"champion {stale}: it cannot be scored on this holdout, so the "
-                       f"challenger is judged against the baselines only")
-    elif champion is not None:
-        beats_champion = ch < metrics["champion"]["mae"]
-        reasons.append(f"challenger MAE {ch:.5f} {'<' if beats_champion else '>='} champion "
-                       f"v{champion.version} {metrics['champion']['mae']:.5f}")
-    else:
-        reasons.append("no champion yet")
-    promote = beats_garch and beats_champion and not (
-        champion is not None and champion.version == challenger.version
+    holdout = Holdout(
+        keys=test[["symbol", "session"]], target=test["target"].to_numpy(np.float64),
+        forecasts=preds, next_return=_next_returns(s, d, test),
+        dollar_volume=_dollar_volume(s, d, test), horizon=s.horizon,
     )
-    decision = "promote" if promote else "keep"
+    figures = evaluate(holdout, cfg, configurations_tried=int(
+        challenger.tags.get("configurations_tried", "1")))
+    data_passed, data_note = _data_quality_passed(s, d)
+    decision, reasons = decide(
+        figures, cfg, champion=champion.version if champion else None,
+        champion_scored="champion" in preds, already_champion=already,
+        data_passed=data_passed, data_note=data_note,
+    )
+    age = None if champion is None else champion_age(champion, d)
+    if age is not None and age > cfg.max_champion_age:
+        reasons.append(f"champion v{champion.version} is stale: trained {age} sessions ago "
+                       f"(max_champion_age {cfg.max_champion_age}); serving refuses it")
+    promote = decision == "promote"
     report = {
         "session": d.isoformat(),
         "model": s.model_name,
         "challenger": challenger.version,
         "champion": champion.version if champion else None,
+        "champion_age_sessions": age,
+        "baselines": sorted(k for k in preds if k not in ("challenger", "champion")),
         "holdout": {"start": seg.test[0].isoformat(), "end": seg.test[1].isoformat(),
-                    "rows": int(ok.sum()), "horizon": s.horizon},
-        "metrics": metrics,
+                    "rows": figures["rows"], "sessions": figures["sessions"],
+                    "horizon": s.horizon},
+        "metrics": figures["metrics"],
+        "tests": figures["tests"],
+        "var_backtest": figures["var_backtest"],
+        "backtest": figures["backtest"],
+        "dsr": figures["dsr"],
+        "data_quality": {"passed": data_passed, "note": data_note},
+        "gate": cfg.as_dict(),
         "decision": decision,
         "reasons": reasons,
     }
@@ -1094,22 +1179,95 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
         mlflow.set_tags({"session": d.isoformat(), "stage": "validation", "decision": decision,
                          "challenger_version": challenger.version,
                          "champion_version": champion.version if champion else "none"})
-        mlflow.log_metrics({f"{m}_{k}": v for m, vals in metrics.items()
+        mlflow.log_metrics({f"{m}_{k}": v for m, vals in figures["metrics"].items()
                             for k, v in vals.items() if math.isfinite(v)})
         mlflow.log_dict(report, "validation/report.json")
-        mlflow.log_text(render_report_html(report), "validation/report.html")
+        mlflow.log_text(render_report_html(report, figures["series"]),
+                        "validation/report.html")
     out_dir = s.runs_dir / f"session={d.isoformat()}"
     _write_json(out_dir / "validation_report.json", report)
     registry.tag_version(s, challenger.version, {
         f"validation.{d.isoformat()}.decision": decision,
-        f"validation.{d.isoformat()}.reasons": "; ".join(reasons),
+        f"validation.{d.isoformat()}.reasons": "; ".join(reasons)[:4900],
     })
     if promote and latest:
         registry.promote(s, challenger.version)
     final = challenger if promote else champion
     return _run_record(s, d, "validation", {
-        **report, "champion_after": final.version if final else None,
+        "session": d.isoformat(), "decision": decision, "reasons": reasons,
+        "challenger": challenger.version, "champion": champion.version if champion else None,
+        "holdout": report["holdout"], "metrics": figures["metrics"],
+        "var_zone": figures["var_backtest"]["challenger"]["zone"],
+        "champion_after": final.version if final else None,
     })
+
+
+def champion_age(version: Any, d: date) -> int | None:
+    """Sessions from the version's training session (tag ``session``) to ``d``; None untagged."""
+    trained = version.tags.get("session")
+    if not trained:
+        return None
+    return max(0, len(calendar.sessions_between(trained, d)) - 1)
+
+
+def stale_champion(version: Any, d: date, max_age: int | None = None) -> str | None:
+    """Why the champion ``version`` is too old to trade on ``d``, or None when it is not.
+
+    ``max_age`` defaults to ``max_champion_age`` of ``[validation]`` in ``afterbell.toml``.
+    """
+    if max_age is None:
+        from pipelines.gate import GateConfig
+        from pipelines.schedule import load_config
+
+        max_age = GateConfig.from_mapping(load_config().validation).max_champion_age
+    age = champion_age(version, d)
+    if age is None or age <= max_age:
+        return None
+    return (f"v{version.version} was trained on {version.tags['session']}, {age} sessions before "
+            f"{d} (max_champion_age {max_age}): promote a fresh model or roll back")
+
+
+def _next_returns(s: Settings, d: date, keys: pd.DataFrame) -> np.ndarray:
+    """Log return of each row's symbol over the session after the row's session (lake
+    ``features``; the holdout ends ``label_horizon`` sessions before ``d``, so it is known)."""
+    rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
+    rets = rets.sort_values(["symbol", "session"])
+    rets["next_return"] = rets.groupby("symbol")["ret_1"].shift(-1)
+    joined = keys[["symbol", "session"]].merge(
+        rets[["symbol", "session", "next_return"]], on=["symbol", "session"], how="left")
+    return joined["next_return"].to_numpy(np.float64)
+
+
+def _dollar_volume(s: Settings, d: date, keys: pd.DataFrame) -> np.ndarray:
+    """Trailing 20-session mean dollar volume (close x volume) at each row's session."""
+    from models.backtest import average_dollar_volume
+
+    bars = _lake_range(s, "bars", d, ("symbol", "session", "close", "volume"))
+    close = bars.pivot(index="session", columns="symbol", values="close")
+    # the packaged stocks have no volume (all NaN): their ADV is NaN and the gate's backtest
+    # uses [validation] default_adv for them
+    volume = bars.pivot(index="session", columns="symbol", values="volume").reindex_like(close)
+    adv = average_dollar_volume(close, volume, window=20)
+    long = adv.rename_axis(index="session", columns="symbol").reset_index().melt(
+        id_vars="session", var_name="symbol", value_name="adv")
+    joined = keys[["symbol", "session"]].merge(long, on=["symbol", "session"], how="left")
+    return joined["adv"].to_numpy(np.float64)
+
+
+def _data_quality_passed(s: Settings, d: date) -> tuple[bool, str]:
+    """Whether the session's bars and features passed their Great Expectations suites."""
+    notes, ok = [], True
+    for stage in ("ingest", "features"):
+        record = _stored_record(s, d, stage)
+        if record is None:
+            ok = False
+            notes.append(f"no {stage} record for {d}")
+        elif record.get("data_quality") != "passed":
+            ok = False
+            notes.append(f"{stage} data quality {record.get('data_quality')}")
+        else:
+            notes.append(f"{stage} passed")
+    return ok, f"session data: {', '.join(notes)}"
 
 
 #: Window columns of versions registered before the ``window_columns`` tag existed.
@@ -1155,6 +1313,9 @@ def pre_market(session: str, settings: Settings | None = None) -> Summary:
     if mismatch is not None:
         raise ValueError(f"champion {mismatch}: no forecast written; promote a model trained on "
                          f"the current windows (the champion alias is left where it is)")
+    stale = stale_champion(champion, d)
+    if stale is not None:
+        raise ValueError(f"champion {stale}; no forecast written (the alias is left where it is)")
     online = online_features(s, list(s.universe), FEATURE_SERVICE)
     rows = {sym: v for sym, v in online.items() if v.get("seq") is not None}
     model = registry.load_pyfunc(s, champion)
@@ -1173,6 +1334,108 @@ def pre_market(session: str, settings: Settings | None = None) -> Summary:
     })
 
 
+def paper_equity(s: Settings, d: date, root: Path, capital: float) -> pd.Series:
+    """Equity of the paper book at each close up to ``d``: the book decided at the pre-market
+    of session ``t`` (folder ``session=t``) earns the next session's return."""
+    from pipelines import lake
+
+    books = sorted(p for p in root.glob("session=*") if (p / "targets.csv").is_file()
+                   and p.name[len("session="):] < d.isoformat())
+    if not books:
+        return pd.Series([capital], index=[pd.Timestamp(d)], dtype=float)
+    first = date.fromisoformat(books[0].name[len("session="):])
+    rets = lake.read_table(s.lake_dir, "features", start=first, end=d,
+                           columns=["symbol", "session", "ret_1"])
+    simple = rets.pivot_table(index="session", columns="symbol", values="ret_1").apply(np.expm1)
+    weights = {pd.Timestamp(p.name[len("session="):]): pd.read_csv(p / "targets.csv")
+               .set_index("symbol")["weight"] for p in books}
+    equity, held = [capital], None
+    sessions = [t for t in simple.index if t > pd.Timestamp(first)]
+    for t in sessions:
+        prev = calendar.previous_sessions(t.date(), 2)[0]
+        held = weights.get(pd.Timestamp(prev), held)
+        r = simple.loc[t].reindex(held.index).fillna(0.0) if held is not None else 0.0
+        pnl = float((held * r).sum()) if held is not None else 0.0
+        equity.append(equity[-1] * (1.0 + pnl))
+    return pd.Series(equity, index=[pd.Timestamp(first), *sessions], dtype=float)
+
+
+def size_positions(session: str, settings: Settings | None = None) -> Summary:
+    """Pre-market: the champion's forecasts to target weights, limits, orders on the paper broker.
+
+    Sizing (``[sizing]``, :func:`models.sizing.size`) turns the forecasts of the pre-market task
+    into weights; :func:`pipelines.orders.decide_targets` applies the limits of ``[limits]`` and
+    the circuit breakers (judged on the paper book's equity, plus the kill switch
+    ``$AFTERBELL_HOME/KILL_SWITCH``); the orders to reach them are written with every input to
+    the paper broker under ``$AFTERBELL_HOME/broker`` (one folder per session, overwritten on a
+    re-run; an append-only ``audit.jsonl``).
+    """
+    from models.sizing import SizingSpec, size
+    from pipelines import lake
+    from pipelines.gate import GateConfig
+    from pipelines.orders import (
+        Limits,
+        PaperBroker,
+        check_breakers,
+        decide_targets,
+        decision_record,
+        kill_switch_on,
+        orders_to_reach,
+        positions,
+        weights_after,
+    )
+    from pipelines.schedule import load_config
+    from pipelines.settings import SECTORS
+
+    d, s = _setup(session, settings)
+    config = load_config()
+    limits = Limits.from_mapping(config.limits)
+    spec = SizingSpec.from_mapping(config.sizing)
+    capital = GateConfig.from_mapping(config.validation).capital
+    root = s.home / "broker"
+    fc = lake.read_table(s.lake_dir, "forecasts", start=d, end=d,
+                         columns=["symbol", "forecast", "model_version"])
+    if fc.empty:
+        return _run_record(s, d, "size_positions", {
+            "session": d.isoformat(), "orders": 0,
+            "reason": "no forecasts for this session (no champion): no orders",
+        })
+    vol = fc.set_index("symbol")["forecast"].astype(float)
+    version = str(fc["model_version"].iloc[0])
+    # The champion forecasts volatility, not direction: a long signal in every symbol, sized by
+    # its forecast risk (the stand-in strategy of the validation's signal backtest).
+    signal = pd.Series(1.0, index=vol.index)
+    returns = None
+    if spec.method in ("risk_parity", "hrp", "kelly"):
+        rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
+        returns = rets.pivot_table(index="session", columns="symbol", values="ret_1").tail(252)
+    targets = size(spec, signal, vol, returns)
+    book = positions(root, d)
+    equity = paper_equity(s, d, root, capital)
+    state = check_breakers(equity, limits, kill_switch_on(s.home))
+    daily_vol = vol / math.sqrt(252)
+    sectors = {sym: SECTORS.get(str(sym), str(sym)) for sym in set(vol.index) | set(book.index)}
+    result = decide_targets(targets, book, sectors, daily_vol, limits, state)
+    bars = lake.read_table(s.lake_dir, "bars", start=d, end=d, columns=["symbol", "close"])
+    prices = bars.set_index("symbol")["close"].astype(float)
+    orders = orders_to_reach(book, result.weights, prices, float(equity.iloc[-1]),
+                             sectors=sectors, limits=limits)
+    after = weights_after(book, orders)
+    decision = decision_record(
+        version, signal, vol, limits, state, result, sizing=asdict(spec),
+        equity=float(equity.iloc[-1]), prices=prices, for_session=calendar.next_session(d),
+    )
+    PaperBroker(root).write(d, orders, after, decision)
+    log.info("size_positions %s: %d orders (%s), gross %.3f%s", d, len(orders), spec.method,
+             float(after.abs().sum()), ", HALTED" if state.halted else "")
+    return _run_record(s, d, "size_positions", {
+        "session": d.isoformat(), "for_session": calendar.next_session(d).isoformat(),
+        "model_version": version, "orders": len(orders), "halted": state.halted,
+        "halt_reasons": list(state.reasons), "limit_notes": list(result.breaches),
+        "gross": round(float(after.abs().sum()), 10), "equity": float(equity.iloc[-1]),
+    })
+
+
 # ------------------------------------------------------------------------------ live serving
 def serve_session(session: str, settings: Settings | None = None) -> Summary:
     """Serve the champion for the session: until its close when live, a smoke check otherwise."""
@@ -1186,9 +1449,9 @@ def serve_session(session: str, settings: Settings | None = None) -> Summary:
 #: A function returning ``{"run": False, "reason": ...}`` (the heavy stage's plan) ends the stage.
 STAGES: dict[str, tuple[Callable[..., Summary], ...]] = {
     "close_analysis": (ingest, build_features, monitor),
-    "light_training": (refit_garch,),
+    "light_training": (refit_garch, recalibrate_risk),
     "data_processing": (build_feature_tables, materialize),
     "heavy_training": (plan_training, train_challenger, train_transformer),
     "validation": (validate_and_promote,),
-    "pre_market": (pre_market,),
+    "pre_market": (pre_market, size_positions),
 }

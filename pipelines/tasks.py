@@ -16,9 +16,9 @@ log = logging.getLogger("afterbell.tasks")
 
 #: Stage functions the DAGs may run (module-level names in pipelines.stages).
 STAGE_FUNCTIONS = (
-    "ingest", "build_features", "monitor", "refit_garch", "build_feature_tables", "materialize",
-    "plan_training", "train_challenger", "train_transformer", "validate_and_promote",
-    "pre_market", "serve_session",
+    "ingest", "build_features", "monitor", "refit_garch", "recalibrate_risk",
+    "build_feature_tables", "materialize", "plan_training", "train_challenger",
+    "train_transformer", "validate_and_promote", "pre_market", "size_positions", "serve_session",
 )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -255,3 +256,123 @@ def test_planted_degradation_triggers_a_retrain_the_calendar_would_skip(
     else:
         assert report["retrain"] is False, report["breaches"]
         assert plan["run"] is False and "no retrain" in plan["reason"]
+
+
+class _Planted:
+    """A planted challenger: a constant forecast, or an oracle that looks the holdout's realised
+    volatility up by window (3% multiplicative noise), for the promotion gate to judge."""
+
+    def __init__(self, constant: float | None, table: dict[bytes, float] | None = None) -> None:
+        self.constant = constant
+        self.table = table or {}
+
+    def predict(self, context: object, model_input: pd.DataFrame, params: object = None
+                ) -> pd.DataFrame:
+        import numpy as np
+
+        x = model_input.to_numpy(np.float64)
+        if self.constant is not None:
+            out = np.full(len(x), self.constant)
+        else:
+            out = np.array([self.table.get(np.round(row, 8).tobytes(), np.nan) for row in x])
+        return pd.DataFrame({"forecast": out})
+
+
+def _plant(settings: Any, model: _Planted, frame: pd.DataFrame) -> str:
+    import mlflow
+    from mlflow.pyfunc import PythonModel
+
+    from pipelines import registry
+    from pipelines.settings import ALIAS_CHALLENGER, WINDOW_COLUMNS
+
+    class Wrapper(PythonModel):
+        def __init__(self, inner: _Planted) -> None:
+            self.inner = inner
+
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            return self.inner.predict(context, model_input, params)
+
+    registry.ensure_experiment(settings, "planted")
+    with mlflow.start_run(run_name="planted"):
+        info = mlflow.pyfunc.log_model(name="model", python_model=Wrapper(model),
+                                       registered_model_name=settings.model_name,
+                                       input_example=frame.head(2))
+    version = str(info.registered_model_version)
+    registry.tag_version(settings, version, {
+        "session": SESSION.isoformat(), "window_columns": ",".join(WINDOW_COLUMNS),
+    })
+    registry.set_alias(settings, ALIAS_CHALLENGER, version)
+    return version
+
+
+def _validation_artifacts(settings: Any, session: str) -> list[str]:
+    from pipelines import registry
+
+    c = registry.client(settings)
+    exp = c.get_experiment_by_name("validation")
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.session = '{session}'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    return [a.path for a in c.list_artifacts(runs[0].info.run_id, "validation")]
+
+
+def test_planted_constant_challenger_is_kept_a_planted_oracle_promoted_then_rolled_back(
+    cycle: tuple[dict[str, str], Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Acceptance 1 and 5 of the validation gate, on the shipped (strict) [validation] table."""
+    import shutil
+
+    import numpy as np
+
+    from models.lstm import seq_columns
+    from pipelines import registry, stages
+    from pipelines.datasets import stack_windows
+    from pipelines.settings import ALIAS_CHAMPION, ALIAS_PREVIOUS, REPO_ROOT, Settings
+
+    env, home, _ = cycle
+    copy = tmp_path / "afterbell"
+    shutil.copytree(home, copy)
+    monkeypatch.setenv("AFTERBELL_CONFIG", str(REPO_ROOT / "afterbell.toml"))
+    env = {**env, "AFTERBELL_HOME": str(copy),
+           "AFTERBELL_CONFIG": str(REPO_ROOT / "afterbell.toml")}
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("AFTERBELL_")})
+    champion = registry.alias_version(settings, ALIAS_CHAMPION)
+    assert champion is not None
+
+    data, seg = stages._dataset(settings, SESSION)
+    test = data[seg.of(data["session"], "test")].reset_index(drop=True)
+    nf = len(stages.WINDOW_COLUMNS)
+    x = stack_windows(test["seq"], settings.train.lookback, nf).reshape(len(test), -1)
+    frame = pd.DataFrame(x.astype(np.float64), columns=seq_columns(settings.train.lookback, nf))
+    noise = np.exp(0.03 * np.random.default_rng(0).standard_normal(len(test)))
+    oracle = {np.round(row, 8).tobytes(): float(t * n)
+              for row, t, n in zip(x.astype(np.float64), test["target"], noise, strict=True)}
+
+    bad = _plant(settings, _Planted(0.20), frame)
+    report = stages.validate_and_promote(SESSION.isoformat(), settings=settings)
+    assert report["decision"] == "keep", report["reasons"]
+    assert any("not significantly better than" in r for r in report["reasons"]), report["reasons"]
+    assert registry.alias_version(settings, ALIAS_CHAMPION).version == champion.version
+    tags = registry.get_version(settings, bad).tags
+    assert tags[f"validation.{SESSION.isoformat()}.decision"] == "keep"
+    assert "not significantly better" in tags[f"validation.{SESSION.isoformat()}.reasons"]
+    assert {"validation/report.json", "validation/report.html"} <= set(
+        _validation_artifacts(settings, SESSION.isoformat()))
+
+    good = _plant(settings, _Planted(None, oracle), frame)
+    report = stages.validate_and_promote(SESSION.isoformat(), settings=settings)
+    assert report["decision"] == "promote", report["reasons"]
+    assert registry.alias_version(settings, ALIAS_CHAMPION).version == good
+    assert registry.alias_version(settings, ALIAS_PREVIOUS).version == champion.version
+    saved = json.loads((copy / "runs" / f"session={SESSION.isoformat()}"
+                        / "validation_report.json").read_text())
+    assert saved["challenger"] == good and saved["var_backtest"]["challenger"]["zone"] == "green"
+    assert {"validation/report.json", "validation/report.html"} <= set(
+        _validation_artifacts(settings, SESSION.isoformat()))
+
+    proc = _run(["rollback", "--reason", "planted oracle"], env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert registry.alias_version(settings, ALIAS_CHAMPION).version == champion.version
+    assert registry.alias_version(settings, ALIAS_PREVIOUS) is None
+    assert registry.get_version(settings, good).tags["rolled_back"] == "planted oracle"
+    again = _run(["rollback"], env)
+    assert again.returncode == 1 and "no 'previous' alias" in again.stderr

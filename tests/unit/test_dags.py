@@ -39,6 +39,7 @@ NIGHTLY_ORDER = (
     "close_analysis.monitor",
     "light_training.window",
     "light_training.refit_garch",
+    "light_training.recalibrate_risk",
     "data_processing.window",
     "data_processing.build_feature_tables",
     "data_processing.materialize",
@@ -50,6 +51,7 @@ NIGHTLY_ORDER = (
     "validation.validate_and_promote",
     "pre_market.window",
     "pre_market.pre_market",
+    "pre_market.size_positions",
 )
 HEAVY = ("torch", "lightning", "mlflow", "feast", "great_expectations", "arch", "talib")
 PARSE_BUDGET_S = 2.0
