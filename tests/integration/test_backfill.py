@@ -121,7 +121,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowSta
         assert not airflow.stragglers(), "processes of the test stack are still running"
 
 
-def test_backfill_five_sessions_then_reprocess_is_byte_identical(
+def test_backfill_three_sessions_then_reprocess_is_byte_identical(
     stack: tuple[AirflowStack, Path, Path],
 ) -> None:
     airflow, home, root = stack

@@ -179,6 +179,30 @@ def test_live_serving_dag_smoke_serves_the_champion(
     assert "live_serving" in proc.stdout and "success" in proc.stdout
 
 
+def test_risk_and_paper_orders_within_limits(cycle: tuple[dict[str, str], Path, str]) -> None:
+    from pipelines.orders import Limits, audit_records
+    from pipelines.schedule import load_config
+    from pipelines.settings import REPO_ROOT
+
+    _, home, out = cycle
+    runs = home / "runs" / f"session={SESSION.isoformat()}"
+    risk = json.loads((runs / "risk.json").read_text())
+    assert set(risk["stress"]) == {"2008-10", "2020-03", "market -10%", "market -20%"}
+    assert risk["stress"]["2008-10"]["pnl"] < 0 and risk["stress"]["2008-10"]["sessions"] > 15
+    for key in ("historical_99", "normal_99", "t_99", "garch_t_99", "garch_fhs_99"):
+        assert risk["book_var"][key]["cvar"] >= risk["book_var"][key]["var"] > 0, key
+    sized = json.loads((runs / "size_positions.json").read_text())
+    assert sized["orders"] == len(SMALL_UNIVERSE) and not sized["halted"]
+    limits = Limits.from_mapping(load_config(REPO_ROOT / "tests" / "small_cycle.toml").limits)
+    orders = pd.read_csv(home / "broker" / f"session={SESSION.isoformat()}" / "orders.csv")
+    assert (orders["weight_after"].abs() <= limits.max_position + 1e-12).all(), orders
+    assert orders["weight_after"].abs().sum() <= limits.max_gross + 1e-12
+    records = audit_records(home / "broker")
+    assert [r["session"] for r in records] == [SESSION.isoformat()]
+    assert records[0]["model_version"] == sized["model_version"]
+    assert "paper orders     3 orders" in out and "risk             " in out
+
+
 def test_second_run_reuses_state_and_changes_nothing(
     cycle: tuple[dict[str, str], Path, str],
 ) -> None:
@@ -190,6 +214,7 @@ def test_second_run_reuses_state_and_changes_nothing(
     # the lake, the offline store and the stages' records (not the databases or the reports)
     stable = ("lake", "offline", "runs")
     before = {name: _tree_digest(home / name) for name in stable}
+    audit = (home / "broker" / "audit.jsonl").read_bytes()
     proc = _run(["run", "--session", SESSION.isoformat(), "--no-summary"], env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     after = {name: _tree_digest(home / name) for name in stable}
@@ -199,6 +224,8 @@ def test_second_run_reuses_state_and_changes_nothing(
         assert not changed, f"{name}: re-run changed {changed[:10]}"
     versions = registry.client(settings).search_model_versions(f"name = '{settings.model_name}'")
     assert len(versions) == 1  # the session's version is reused, not duplicated
+    # the same decision again: the append-only audit log gains nothing
+    assert (home / "broker" / "audit.jsonl").read_bytes() == audit
     assert "reusing v1 registered by this session" in proc.stdout + proc.stderr
 
 
@@ -289,7 +316,7 @@ def _plant(settings: Any, model: _Planted, frame: pd.DataFrame) -> str:
         def __init__(self, inner: _Planted) -> None:
             self.inner = inner
 
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        def predict(self, context, model_input, params=None):
             return self.inner.predict(context, model_input, params)
 
     registry.ensure_experiment(settings, "planted")
