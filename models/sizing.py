@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 from scipy import linalg
+
+from models.config import from_table
 
 __all__ = [
     "SizingMethod",
@@ -45,6 +47,8 @@ __all__ = [
     "hrp_weights",
     "risk_parity_weights",
     "size",
+    "symbol_names",
+    "symbol_series",
     "vol_target_weights",
 ]
 
@@ -54,16 +58,18 @@ _WEIGHT = "weight"
 
 
 # --------------------------------------------------------------------------------- helpers
-def _names(labels: Any) -> str:
+def symbol_names(labels: Any) -> str:
+    """The labels as one comma-separated string (for error messages)."""
     return ", ".join(str(s) for s in labels)
 
 
-def _check_series(x: Any, what: str) -> pd.Series:
+def symbol_series(x: Any, what: str) -> pd.Series:
+    """``x`` as a float Series indexed by unique symbols; TypeError / ValueError naming ``what``."""
     if not isinstance(x, pd.Series):
         raise TypeError(f"{what} must be a pandas Series indexed by symbol, got {type(x).__name__}")
     dup = x.index[x.index.duplicated()].unique()
     if len(dup):
-        raise ValueError(f"{what} has duplicate symbols: {_names(dup)}")
+        raise ValueError(f"{what} has duplicate symbols: {symbol_names(dup)}")
     try:
         return x.astype(float)
     except (TypeError, ValueError):
@@ -78,30 +84,30 @@ def _check_positive(value: float, what: str) -> float:
 
 
 def _check_signal(signal: pd.Series) -> pd.Series:
-    s = _check_series(signal, "signal")
+    s = symbol_series(signal, "signal")
     values = s.to_numpy(float)
     bad = s.index[~np.isfinite(values)]
     if len(bad):
-        raise ValueError(f"signal is not finite for: {_names(bad)}")
+        raise ValueError(f"signal is not finite for: {symbol_names(bad)}")
     out = s.index[np.abs(values) > 1.0]
     if len(out):
-        raise ValueError(f"signal must be in [-1, 1]; out of range for: {_names(out)}")
+        raise ValueError(f"signal must be in [-1, 1]; out of range for: {symbol_names(out)}")
     return s
 
 
 def _vols_for(vol_forecast: pd.Series, symbols: pd.Index) -> pd.Series:
     """The forecasts of ``symbols``; raise naming those missing, non-finite or not > 0."""
-    v = _check_series(vol_forecast, "vol_forecast")
+    v = symbol_series(vol_forecast, "vol_forecast")
     missing = symbols.difference(v.index, sort=False)
     if len(missing):
-        raise ValueError(f"vol_forecast has no forecast for: {_names(missing)}")
+        raise ValueError(f"vol_forecast has no forecast for: {symbol_names(missing)}")
     vols = v.reindex(symbols)
     values = vols.to_numpy(float)
     bad = symbols[~(np.isfinite(values) & (values > 0.0))]
     if len(bad):
         raise ValueError(
             "vol_forecast must be finite and > 0 for every symbol with a non-zero signal; "
-            f"bad for: {_names(bad)}"
+            f"bad for: {symbol_names(bad)}"
         )
     return vols
 
@@ -122,27 +128,27 @@ def _check_returns(returns: Any, symbols: pd.Index | None = None) -> pd.DataFram
         )
     dup = returns.columns[returns.columns.duplicated()].unique()
     if len(dup):
-        raise ValueError(f"returns has duplicate columns: {_names(dup)}")
+        raise ValueError(f"returns has duplicate columns: {symbol_names(dup)}")
     if symbols is not None:
         missing = symbols.difference(returns.columns, sort=False)
         if len(missing):
-            raise ValueError(f"returns has no column for: {_names(missing)}")
+            raise ValueError(f"returns has no column for: {symbol_names(missing)}")
         returns = returns.loc[:, symbols]
     if returns.shape[1] == 0:
         raise ValueError("returns has no columns")
     r = returns.astype(float)
     inf = r.columns[np.isinf(r.to_numpy(float)).any(axis=0)]
     if len(inf):
-        raise ValueError(f"returns holds infinite values for: {_names(inf)}")
+        raise ValueError(f"returns holds infinite values for: {symbol_names(inf)}")
     r = r.dropna(how="any")
     if len(r) < 2:
         raise ValueError(
             f"returns needs at least 2 rows with a value for every symbol, got {len(r)} "
-            f"(symbols: {_names(r.columns)})"
+            f"(symbols: {symbol_names(r.columns)})"
         )
     flat = r.columns[r.std(ddof=1).to_numpy(float) <= 0.0]
     if len(flat):
-        raise ValueError(f"returns has zero variance for: {_names(flat)}")
+        raise ValueError(f"returns has zero variance for: {symbol_names(flat)}")
     return r
 
 
@@ -151,7 +157,7 @@ def _normalised(weights: np.ndarray, symbols: pd.Index) -> pd.Series:
     w = np.clip(np.asarray(weights, dtype=float), 0.0, None)
     total = float(w.sum())
     if not (math.isfinite(total) and total > 0.0):
-        raise ValueError(f"the optimiser returned no usable weights for: {_names(symbols)}")
+        raise ValueError(f"the optimiser returned no usable weights for: {symbol_names(symbols)}")
     return pd.Series(w / total, index=symbols, name=_WEIGHT)
 
 
@@ -233,7 +239,7 @@ def fractional_kelly(mu: pd.Series, cov: pd.DataFrame, fraction: float = 0.25) -
         when ``cov`` is not symmetric or not positive definite (its smallest eigenvalue is
         reported).
     """
-    m = _check_series(mu, "mu")
+    m = symbol_series(mu, "mu")
     f = float(fraction)
     if not (math.isfinite(f) and 0.0 < f <= 1.0):
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
@@ -243,16 +249,16 @@ def fractional_kelly(mu: pd.Series, cov: pd.DataFrame, fraction: float = 0.25) -
         return pd.Series(dtype=float, name=_WEIGHT)
     bad_mu = m.index[~np.isfinite(m.to_numpy(float))]
     if len(bad_mu):
-        raise ValueError(f"mu is not finite for: {_names(bad_mu)}")
+        raise ValueError(f"mu is not finite for: {symbol_names(bad_mu)}")
     missing = m.index.difference(cov.index, sort=False).union(
         m.index.difference(cov.columns, sort=False), sort=False
     )
     if len(missing):
-        raise ValueError(f"cov has no row/column for: {_names(missing)}")
+        raise ValueError(f"cov has no row/column for: {symbol_names(missing)}")
     c = cov.loc[m.index, m.index].astype(float).to_numpy()
     bad_cov = m.index[~np.isfinite(c).all(axis=0)]
     if len(bad_cov):
-        raise ValueError(f"cov is not finite for: {_names(bad_cov)}")
+        raise ValueError(f"cov is not finite for: {symbol_names(bad_cov)}")
     if not np.allclose(c, c.T, rtol=1e-10, atol=1e-14):
         raise ValueError("cov is not symmetric")
     try:
@@ -261,10 +267,18 @@ def fractional_kelly(mu: pd.Series, cov: pd.DataFrame, fraction: float = 0.25) -
         smallest = float(np.linalg.eigvalsh(c).min())
         raise ValueError(
             f"cov is not positive definite (smallest eigenvalue {smallest:.3g}) for symbols "
-            f"{_names(m.index)}: drop redundant symbols or shrink the estimate"
+            f"{symbol_names(m.index)}: drop redundant symbols or shrink the estimate"
         ) from None
     w = linalg.cho_solve(factor, m.to_numpy(float), check_finite=False)
     return pd.Series(f * w, index=m.index, name=_WEIGHT)
+
+
+def _skfolio_weights(returns: pd.DataFrame, optimizer: Any) -> pd.Series:
+    """Weights of a default-constructed skfolio ``optimizer`` fitted on the checked returns."""
+    r = _check_returns(returns)
+    if r.shape[1] == 1:
+        return pd.Series(1.0, index=r.columns, name=_WEIGHT)
+    return _normalised(optimizer().fit(r).weights_, r.columns)
 
 
 def risk_parity_weights(returns: pd.DataFrame) -> pd.Series:
@@ -287,13 +301,9 @@ def risk_parity_weights(returns: pd.DataFrame) -> pd.Series:
     ValueError
         On fewer than 2 complete rows, infinite values or a zero-variance column (named).
     """
-    r = _check_returns(returns)
-    if r.shape[1] == 1:
-        return pd.Series(1.0, index=r.columns, name=_WEIGHT)
     from skfolio.optimization import RiskBudgeting
 
-    model = RiskBudgeting().fit(r)
-    return _normalised(model.weights_, r.columns)
+    return _skfolio_weights(returns, RiskBudgeting)
 
 
 def hrp_weights(returns: pd.DataFrame) -> pd.Series:
@@ -315,13 +325,9 @@ def hrp_weights(returns: pd.DataFrame) -> pd.Series:
     ValueError
         On fewer than 2 complete rows, infinite values or a zero-variance column (named).
     """
-    r = _check_returns(returns)
-    if r.shape[1] == 1:
-        return pd.Series(1.0, index=r.columns, name=_WEIGHT)
     from skfolio.optimization import HierarchicalRiskParity
 
-    model = HierarchicalRiskParity().fit(r)
-    return _normalised(model.weights_, r.columns)
+    return _skfolio_weights(returns, HierarchicalRiskParity)
 
 
 # --------------------------------------------------------------------------------- dispatch
@@ -388,26 +394,7 @@ class SizingSpec:
             On unknown keys (all named), a ``method`` that is not a string, numbers of the wrong
             type (booleans never) and values out of range.
         """
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in m if k not in known)
-        if unknown:
-            raise ValueError(
-                f"unknown sizing setting(s): {', '.join(unknown)}; known: {', '.join(known)}"
-            )
-        values: dict[str, Any] = {}
-        for key, value in m.items():
-            if key == "method":
-                if not isinstance(value, str):
-                    raise ValueError(f"sizing setting method must be a string, got {value!r}")
-                values[key] = value
-                continue
-            if key == "max_weight" and value is None:
-                values[key] = None
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"sizing setting {key} must be a number, got {value!r}")
-            values[key] = float(value)
-        return cls(**values)
+        return from_table(cls, m, label="sizing setting", plural="sizing setting(s)")
 
 
 def _kelly_from_signal(

@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from models.config import from_table
 
 __all__ = [
     "ZONES",
@@ -143,27 +145,7 @@ class GateConfig:
         ValueError
             Naming unknown keys, values of the wrong type and values out of range.
         """
-        kinds = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
-        unknown = sorted(str(k) for k in m if k not in kinds)
-        if unknown:
-            raise ValueError(f"unknown [validation] setting(s): {', '.join(unknown)}; "
-                             f"known: {', '.join(kinds)}")
-        values: dict[str, Any] = {}
-        for key, value in m.items():
-            kind = kinds[key]
-            if kind is bool:
-                ok = isinstance(value, bool)
-            elif kind is int:
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif kind is float:
-                ok = isinstance(value, int | float) and not isinstance(value, bool)
-            else:
-                ok = isinstance(value, str)
-            if not ok:
-                raise ValueError(f"[validation] {key} must be of type {kind.__name__}, "
-                                 f"got {value!r}")
-            values[key] = float(value) if kind is float else value
-        return cls(**values)
+        return from_table(cls, m, label="[validation]", plural="[validation] setting(s)")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from models.baselines import forward_realised_vol
+from models.config import from_table
 from pipelines import calendar, lake
 from pipelines.settings import Settings
 
@@ -168,26 +169,7 @@ class MonitorThresholds:
             (integers for the window / count fields, numbers for the others; booleans never) and
             on values out of range.
         """
-        kinds = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(str(k) for k in m if k not in kinds)
-        if unknown:
-            raise ValueError(
-                f"unknown monitoring threshold(s): {', '.join(unknown)}; "
-                f"known: {', '.join(kinds)}"
-            )
-        values: dict[str, Any] = {}
-        for key, value in m.items():
-            want_int = kinds[key] in ("int", int)
-            ok = not isinstance(value, bool) and (
-                isinstance(value, int) if want_int else isinstance(value, int | float)
-            )
-            if not ok:
-                raise ValueError(
-                    f"monitoring threshold {key} must be {'an integer' if want_int else 'a number'}"
-                    f", got {value!r}"
-                )
-            values[key] = int(value) if want_int else float(value)
-        return cls(**values)
+        return from_table(cls, m, label="monitoring threshold", plural="monitoring threshold(s)")
 
 
 # --------------------------------------------------------------------------------- reports

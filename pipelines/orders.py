@@ -56,7 +56,7 @@ import logging
 import math
 import os
 from collections.abc import Hashable, Mapping
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -64,6 +64,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 
+from models.config import from_table
+from models.sizing import symbol_names, symbol_series
 from pipelines import calendar, lake
 
 __all__ = [
@@ -203,28 +205,7 @@ class Limits:
             integer for ``max_consecutive_losses``, a string for ``halt_action``, numbers for the
             others; booleans never) and on values out of range.
         """
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in m if k not in known)
-        if unknown:
-            raise ValueError(f"unknown limit(s): {', '.join(unknown)}; known: {', '.join(known)}")
-        values: dict[str, Any] = {}
-        for key, value in m.items():
-            if key == "halt_action":
-                if not isinstance(value, str):
-                    raise ValueError(f"limit halt_action must be a string, got {value!r}")
-                values[key] = value
-                continue
-            want_int = key == "max_consecutive_losses"
-            ok = not isinstance(value, bool) and (
-                isinstance(value, int) if want_int else isinstance(value, int | float)
-            )
-            if not ok:
-                raise ValueError(
-                    f"limit {key} must be {'an integer' if want_int else 'a number'}, "
-                    f"got {value!r}"
-                )
-            values[key] = int(value) if want_int else float(value)
-        return cls(**values)
+        return from_table(cls, m, label="limit", plural="limit(s)")
 
     def as_dict(self) -> dict[str, Any]:
         """The limits as a plain dict (for records)."""
@@ -280,30 +261,14 @@ class BreakerState:
 
 
 # --------------------------------------------------------------------------------- helpers
-def _names(labels: Any) -> str:
-    return ", ".join(str(s) for s in labels)
-
-
-def _series(x: Any, what: str) -> pd.Series:
-    if not isinstance(x, pd.Series):
-        raise TypeError(f"{what} must be a pandas Series indexed by symbol, got {type(x).__name__}")
-    dup = x.index[x.index.duplicated()].unique()
-    if len(dup):
-        raise ValueError(f"{what} has duplicate symbols: {_names(dup)}")
-    try:
-        return x.astype(float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must hold numbers") from None
-
-
 def _aligned(targets: pd.Series, current: pd.Series) -> tuple[pd.Index, np.ndarray, np.ndarray]:
     """The union of symbols (sorted) and both weight vectors on it (0 where absent)."""
-    t = _series(targets, "targets")
-    c = _series(current, "current")
+    t = symbol_series(targets, "targets")
+    c = symbol_series(current, "current")
     for what, s in (("targets", t), ("current", c)):
         bad = s.index[~np.isfinite(s.to_numpy(float))]
         if len(bad):
-            raise ValueError(f"{what} weight is not finite for: {_names(bad)}")
+            raise ValueError(f"{what} weight is not finite for: {symbol_names(bad)}")
     index = t.index.union(c.index, sort=False)
     with contextlib.suppress(TypeError):
         index = index.sort_values()
@@ -325,7 +290,7 @@ def _sector_codes(
         raise TypeError(f"sectors must be a mapping symbol -> sector, got {type(sectors).__name__}")
     missing = [sym for sym, need in zip(index, needed, strict=True) if need and sym not in sectors]
     if missing:
-        raise ValueError(f"sectors has no sector for: {_names(missing)}")
+        raise ValueError(f"sectors has no sector for: {symbol_names(missing)}")
     names = sorted({str(sectors[sym]) for sym in index if sym in sectors})
     number = {name: k for k, name in enumerate(names)}
     codes = np.array(
@@ -426,7 +391,7 @@ def _static_limits(
         w[members] *= limits.max_sector / sec[k]
         notes.append(
             f"sector {names[k]} gross {sec[k]:.4f} scaled to {limits.max_sector:.4f} "
-            f"(max_sector): {_names(index[members])}"
+            f"(max_sector): {symbol_names(index[members])}"
         )
     gross = float(np.abs(w).sum())
     if gross > limits.max_gross:
@@ -470,15 +435,15 @@ def _trade_caps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Largest ``|trade weight|`` per symbol (inf where no trade is wanted or vol is 0), and the
     daily vols (0 where no trade is wanted)."""
-    v = _series(daily_vol, "daily_vol")
+    v = symbol_series(daily_vol, "daily_vol")
     trading = index[d != 0.0]
     missing = trading.difference(v.index, sort=False)
     if len(missing):
-        raise ValueError(f"daily_vol has no value for: {_names(missing)}")
+        raise ValueError(f"daily_vol has no value for: {symbol_names(missing)}")
     vols = v.reindex(index).to_numpy(float)
     bad = index[(d != 0.0) & ~(np.isfinite(vols) & (vols >= 0.0))]
     if len(bad):
-        raise ValueError(f"daily_vol must be finite and >= 0; bad for: {_names(bad)}")
+        raise ValueError(f"daily_vol must be finite and >= 0; bad for: {symbol_names(bad)}")
     caps = np.full(d.shape[0], np.inf)
     risky = (d != 0.0) & (vols > 0.0)
     with np.errstate(over="ignore"):  # a subnormal vol: no cap
@@ -666,7 +631,7 @@ def check_breakers(
         When ``equity`` is not in increasing session order, or holds a value that is not a
         finite number > 0 (the session named).
     """
-    e = _series(equity, "equity")
+    e = symbol_series(equity, "equity")
     if not e.index.is_monotonic_increasing:
         raise ValueError("equity must be indexed by session in increasing order")
     values = e.to_numpy(float)
@@ -870,15 +835,15 @@ def orders_to_reach(
     if not (math.isfinite(eq) and eq > 0.0):
         raise ValueError(f"equity must be a finite number > 0, got {equity!r}")
     d = t - c
-    px = _series(prices, "prices")
+    px = symbol_series(prices, "prices")
     trading = index[d != 0.0]
     missing = trading.difference(px.index, sort=False)
     if len(missing):
-        raise ValueError(f"prices has no price for: {_names(missing)}")
+        raise ValueError(f"prices has no price for: {symbol_names(missing)}")
     price = px.reindex(index).to_numpy(float)
     bad = index[(d != 0.0) & ~(np.isfinite(price) & (price > 0.0))]
     if len(bad):
-        raise ValueError(f"prices must be finite and > 0; bad for: {_names(bad)}")
+        raise ValueError(f"prices must be finite and > 0; bad for: {symbol_names(bad)}")
     price = np.where(d != 0.0, price, 1.0)
     per_share = price / eq
     x = d / per_share
@@ -921,7 +886,7 @@ def weights_after(current: pd.Series, orders: pd.DataFrame) -> pd.Series:
         ``current`` with each ordered symbol's weight replaced by its ``weight_after``; symbols
         of the union, sorted.
     """
-    w = _series(current, "current").copy()
+    w = symbol_series(current, "current").copy()
     for sym, after in zip(orders["symbol"], orders["weight_after"], strict=True):
         w.loc[sym] = float(after)
     with contextlib.suppress(TypeError):
@@ -1083,10 +1048,10 @@ class PaperBroker:
         missing = [col for col in ORDER_COLUMNS if col not in orders.columns]
         if missing:
             raise ValueError(f"orders lacks the column(s): {', '.join(missing)}")
-        t = _series(targets, "targets")
+        t = symbol_series(targets, "targets")
         bad = t.index[~np.isfinite(t.to_numpy(float))]
         if len(bad):
-            raise ValueError(f"targets weight is not finite for: {_names(bad)}")
+            raise ValueError(f"targets weight is not finite for: {symbol_names(bad)}")
         if "model_version" not in decision:
             raise ValueError("decision must hold model_version")
         clash = [k for k in decision if k in _RESERVED]

@@ -118,7 +118,7 @@ def test_gate_config_names_bad_settings() -> None:
         GateConfig.from_mapping({"alpha": 1.5})
     with pytest.raises(ValueError, match="max_var_zone"):
         GateConfig.from_mapping({"max_var_zone": "amber"})
-    with pytest.raises(ValueError, match="require_significance must be of type bool"):
+    with pytest.raises(ValueError, match="require_significance must be true or false"):
         GateConfig.from_mapping({"require_significance": "yes"})
 
 
