@@ -12,12 +12,14 @@ statistical tests per-session mean absolute errors (one loss per session, the pa
                   ``horizon - 1`` lags for the overlapping targets) and Hansen's SPA test with
                   the competitor as benchmark (``arch.bootstrap.SPA``, stationary bootstrap),
                   plus the Model Confidence Set of all models (``arch.bootstrap.MCS``);
-VaR backtest      one-session VaR at ``var_level`` from each model's vol forecast (daily vol =
-                  annualised forecast / sqrt(252), Student-t quantile with ``var_dof`` degrees of
-                  freedom scaled to unit variance), exceptions = next-session return below -VaR;
-                  Kupiec's POF and Christoffersen's tests per symbol and pooled, and the Basel
-                  traffic-light zone of the pooled exception count (binomial thresholds for the
-                  number of rows, which are 250 sessions x symbols in the nightly cycle);
+VaR backtest      one-session VaR at ``var_level`` of the equal-weight portfolio of the scored
+                  symbols from each model's vol forecasts (daily vol = annualised forecast /
+                  sqrt(252)) and the trailing Ledoit-Wolf correlation, Student-t quantile with
+                  ``var_dof`` degrees of freedom scaled to unit variance; exception = the
+                  portfolio's next-session return below -VaR; Kupiec's POF, Christoffersen's
+                  conditional coverage and the Basel traffic-light zone (binomial thresholds for
+                  the number of sessions: 250 in the nightly cycle); each symbol's own backtest
+                  is reported beside it;
 signal backtest   a volatility-targeting long portfolio per model (each symbol sized to
                   ``target_vol / n`` of risk with the model's forecast, capped at
                   ``max_position``), next-session returns, costs = commission + half-spread +
@@ -57,6 +59,8 @@ __all__ = [
 #: Basel traffic-light zones, from best to worst.
 ZONES: tuple[str, ...] = ("green", "yellow", "red")
 _TRADING_DAYS = 252
+#: Validation sessions needed before the portfolio VaR's quantile is calibrated on them.
+_MIN_CALIBRATION = 100
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class GateConfig:
         Confidence level of the backtested one-session VaR.
     var_dof : float
         Degrees of freedom of the Student-t VaR quantile; 0 uses the normal quantile.
+    var_corr_window : int
+        Sessions of returns (up to each holdout session) behind the Ledoit-Wolf correlation that
+        turns the model's per-symbol vol forecasts into the portfolio's VaR.
     max_var_zone : {"green", "yellow", "red"}
         Worst Basel zone of the challenger's VaR backtest that still allows promotion.
     max_champion_age : int
@@ -100,6 +107,7 @@ class GateConfig:
     mcs_size: float = 0.10
     var_level: float = 0.99
     var_dof: float = 5.0
+    var_corr_window: int = 250
     max_var_zone: str = "green"
     max_champion_age: int = 63
     target_vol: float = 0.10
@@ -125,6 +133,8 @@ class GateConfig:
         if self.max_var_zone not in ZONES:
             problems.append(f"max_var_zone must be one of {', '.join(ZONES)}, "
                             f"got {self.max_var_zone!r}")
+        if self.var_corr_window < 20:
+            problems.append(f"var_corr_window must be >= 20, got {self.var_corr_window}")
         if self.max_champion_age < 1:
             problems.append(f"max_champion_age must be >= 1, got {self.max_champion_age}")
         for name in ("target_vol", "max_position", "capital", "default_adv"):
@@ -152,6 +162,16 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Forecasts of the models on rows before the holdout (the validation segment), with the
+    next-session log returns: the sample the portfolio VaR's quantile is calibrated on."""
+
+    keys: pd.DataFrame
+    forecasts: Mapping[str, np.ndarray]
+    next_return: np.ndarray
+
+
+@dataclass(frozen=True)
 class Holdout:
     """The scored rows of one validation, aligned row by row.
 
@@ -169,6 +189,14 @@ class Holdout:
         Trailing 20-session mean of close x volume at the row's session (causal).
     horizon : int
         Forecast horizon in sessions (lags of the DM test's HAC variance).
+    history : pandas.DataFrame, optional
+        Simple daily returns, sessions by symbols, realised at each session's close and reaching
+        back at least ``var_corr_window`` sessions before the holdout (the portfolio VaR's
+        correlations); by default the holdout's own realised returns (the first sessions of the
+        holdout, with fewer than 20 sessions behind them, are then left out of that backtest).
+    calibration : Calibration, optional
+        The same models' forecasts on the validation segment (before the holdout; needs
+        ``history``): the portfolio VaR's quantile is calibrated on them.
     """
 
     keys: pd.DataFrame
@@ -177,6 +205,8 @@ class Holdout:
     next_return: np.ndarray
     dollar_volume: np.ndarray
     horizon: int
+    history: pd.DataFrame | None = None
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -255,40 +285,128 @@ def daily_var(annual_vol: np.ndarray, level: float, dof: float) -> np.ndarray:
     return q * sigma
 
 
-def _var_backtest(h: Holdout, forecast: np.ndarray, cfg: GateConfig) -> dict[str, Any]:
+def _long_to_wide(keys: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame({"symbol": keys["symbol"].to_numpy(),
+                          "session": keys["session"].to_numpy(), "v": values})
+    return frame.pivot_table(index="session", columns="symbol", values="v", aggfunc="first")
+
+
+def _correlations(keys: pd.DataFrame, history: pd.DataFrame,
+                  cfg: GateConfig) -> dict[pd.Timestamp, pd.DataFrame]:
+    """Ledoit-Wolf correlation of the last ``var_corr_window`` sessions of ``history`` up to
+    each session of ``keys`` (returns known at its close: no look-ahead)."""
+    from models.risk import shrunk_covariance
+
+    out: dict[pd.Timestamp, pd.DataFrame] = {}
+    symbols = sorted(set(keys["symbol"]))
+    for t in sorted(set(pd.to_datetime(keys["session"]))):
+        window = history.loc[:t].reindex(columns=symbols).tail(cfg.var_corr_window)
+        window = window.dropna(axis=1, thresh=20).dropna()
+        if len(window) < 20 or window.shape[1] == 0:
+            continue
+        if window.shape[1] == 1:
+            out[t] = pd.DataFrame(1.0, index=window.columns, columns=window.columns)
+            continue
+        cov, _ = shrunk_covariance(window, annualise=1)
+        sd = np.sqrt(np.diag(cov.to_numpy()))
+        out[t] = pd.DataFrame(cov.to_numpy() / np.outer(sd, sd), index=cov.index,
+                              columns=cov.columns)
+    return out
+
+
+def _portfolio(keys: pd.DataFrame, forecast: np.ndarray, next_return: np.ndarray,
+               corr: Mapping[pd.Timestamp, pd.DataFrame]) -> pd.DataFrame:
+    """Per session: the equal-weight portfolio's daily vol forecast ``sigma`` (the model's vols,
+    the session's correlation) and its next-session simple return ``ret``."""
+    vol = _long_to_wide(keys, np.asarray(forecast, float)) / math.sqrt(_TRADING_DAYS)
+    nxt = _long_to_wide(keys, np.expm1(np.asarray(next_return, float)))
+    rows = []
+    for t in vol.index:
+        if t not in corr:
+            continue
+        row, ret = vol.loc[t], nxt.loc[t]
+        ok = [c for c in corr[t].columns
+              if np.isfinite(row.get(c, np.nan)) and np.isfinite(ret.get(c, np.nan))]
+        if not ok:
+            continue
+        dw = row[ok].to_numpy(float) / len(ok)
+        sigma = math.sqrt(float(dw @ corr[t].loc[ok, ok].to_numpy() @ dw))
+        rows.append((t, sigma, float(ret[ok].to_numpy(float).mean())))
+    return pd.DataFrame(rows, columns=["session", "sigma", "ret"])
+
+
+def _quantile(calibration: pd.DataFrame | None, cfg: GateConfig) -> tuple[float, str]:
+    """The portfolio VaR's multiple of its vol: the larger of the unit-variance Student-t
+    quantile and the empirical quantile of the model's standardised portfolio returns over the
+    calibration (validation) segment, which precedes the holdout (filtered historical
+    simulation: it corrects a forecast biased low, e.g. one trained on absolute errors)."""
+    q_t = float(daily_var(np.array([math.sqrt(_TRADING_DAYS)]), cfg.var_level, cfg.var_dof)[0])
+    if calibration is None or len(calibration) < _MIN_CALIBRATION:
+        return q_t, f"Student-t({cfg.var_dof:g})" if cfg.var_dof else "normal"
+    z = (calibration["ret"] / calibration["sigma"]).to_numpy(float)
+    q_fhs = float(-np.quantile(z[np.isfinite(z)], 1.0 - cfg.var_level))
+    if q_fhs > q_t:
+        return q_fhs, f"filtered historical simulation over {len(z)} validation sessions"
+    return q_t, (f"Student-t({cfg.var_dof:g}) (above the filtered historical quantile "
+                 f"{q_fhs:.2f} of {len(z)} validation sessions)")
+
+
+def _var_backtest(h: Holdout, forecast: np.ndarray, cfg: GateConfig,
+                  corr: Mapping[pd.Timestamp, pd.DataFrame],
+                  calibration: pd.DataFrame | None) -> dict[str, Any]:
+    """VaR backtest of the equal-weight portfolio of the holdout's symbols (the gated zone),
+    plus each symbol's own backtest and the pooled count (reported).
+
+    The portfolio's one-session VaR at ``t`` is ``q * sqrt(w' D C D w)``: equal weights ``w``
+    over the symbols scored at ``t``, ``D`` the model's daily vol forecasts, ``C`` the
+    correlation of :func:`_correlations`, ``q`` from :func:`_quantile`; an exception is the
+    portfolio's next-session return below ``-VaR``. One exception a session, as the Basel
+    traffic light expects (pooling the symbols would count one market-wide move once per
+    symbol). The per-symbol figures use the Student-t quantile.
+    """
     from models.risk import basel_zone, christoffersen_cc, kupiec_pof
 
-    var = daily_var(forecast, cfg.var_level, cfg.var_dof)
-    ret = np.expm1(np.asarray(h.next_return, float))  # simple return of the next session
-    ok = np.isfinite(var) & np.isfinite(ret)
-    frame = pd.DataFrame({"symbol": h.keys["symbol"].to_numpy()[ok],
-                          "session": h.keys["session"].to_numpy()[ok],
-                          "exception": ret[ok] < -var[ok]}).sort_values(["symbol", "session"])
-    per_symbol = {}
-    for symbol, g in frame.groupby("symbol", sort=True):
-        hits = g["exception"].to_numpy(bool)
-        cc = christoffersen_cc(hits, cfg.var_level)
-        per_symbol[str(symbol)] = {
-            "n": int(hits.size), "exceptions": int(hits.sum()),
-            "kupiec_pvalue": float(kupiec_pof(hits, cfg.var_level).pvalue),
-            "christoffersen_cc_pvalue": float(cc.pvalue),
-        }
-    hits = frame["exception"].to_numpy(bool)
+    q, method = _quantile(calibration, cfg)
+    port = _portfolio(h.keys, forecast, h.next_return, corr)
+    var = q * port["sigma"].to_numpy(float)
+    ret = port["ret"].to_numpy(float)
+    hits = ret < -var
     n, k = int(hits.size), int(hits.sum())
+
+    var_rows = daily_var(forecast, cfg.var_level, cfg.var_dof)
+    row_ret = np.expm1(np.asarray(h.next_return, float))
+    fine = np.isfinite(var_rows) & np.isfinite(row_ret)
+    frame = pd.DataFrame({"symbol": h.keys["symbol"].to_numpy()[fine],
+                          "session": h.keys["session"].to_numpy()[fine],
+                          "exception": row_ret[fine] < -var_rows[fine]})
+    per_symbol = {}
+    for symbol, g in frame.sort_values(["symbol", "session"]).groupby("symbol", sort=True):
+        sym_hits = g["exception"].to_numpy(bool)
+        per_symbol[str(symbol)] = {
+            "n": int(sym_hits.size), "exceptions": int(sym_hits.sum()),
+            "zone": basel_zone(int(sym_hits.sum()), n=int(sym_hits.size), level=cfg.var_level),
+            "kupiec_pvalue": float(kupiec_pof(sym_hits, cfg.var_level).pvalue),
+        }
     return {
-        "level": cfg.var_level, "dof": cfg.var_dof, "n": n, "exceptions": k,
-        "expected": n * (1.0 - cfg.var_level), "rate": k / n if n else None,
+        "portfolio": "equal weight", "level": cfg.var_level, "quantile": q,
+        "quantile_method": method, "n": n, "exceptions": k, "expected": n * (1.0 - cfg.var_level),
+        "rate": k / n if n else None,
         "kupiec_pvalue": float(kupiec_pof(hits, cfg.var_level).pvalue) if n else None,
+        "christoffersen_cc_pvalue": float(christoffersen_cc(hits, cfg.var_level).pvalue)
+        if n > 1 else None,
         "zone": basel_zone(k, n=n, level=cfg.var_level) if n else "red",
+        "pooled_symbol_rows": {"n": int(frame.shape[0]),
+                               "exceptions": int(frame["exception"].sum())},
         "per_symbol": per_symbol,
+        "series": {"sessions": [pd.Timestamp(t).date().isoformat() for t in port["session"]],
+                   "var": [round(float(v), 8) for v in var],
+                   "ret": [round(float(r), 8) for r in ret]},
     }
 
 
 # ---------------------------------------------------------------------------- signal backtest
 def _wide(h: Holdout, values: np.ndarray) -> pd.DataFrame:
-    frame = pd.DataFrame({"symbol": h.keys["symbol"].to_numpy(),
-                          "session": h.keys["session"].to_numpy(), "v": values})
-    return frame.pivot_table(index="session", columns="symbol", values="v", aggfunc="first")
+    return _long_to_wide(h.keys, values)
 
 
 def _strategy(h: Holdout, forecast: np.ndarray, cfg: GateConfig) -> tuple[Any, Any]:
@@ -350,10 +468,25 @@ def evaluate(h: Holdout, cfg: GateConfig, *, configurations_tried: int = 1) -> d
         forecasts={k: np.asarray(v, float)[ok] for k, v in h.forecasts.items()},
         next_return=np.asarray(h.next_return, float)[ok],
         dollar_volume=np.asarray(h.dollar_volume, float)[ok], horizon=h.horizon,
+        history=h.history, calibration=h.calibration,
     )
     losses = session_losses(scored.keys, scored.target, scored.forecasts)
     tests = _comparisons(losses, h.horizon, cfg)
-    var_bt = {name: _var_backtest(scored, f, cfg) for name, f in scored.forecasts.items()}
+    history = h.history
+    if history is None:  # the holdout's own realised returns: row t+1 holds row t's next return
+        history = _wide(scored, np.expm1(scored.next_return)).shift(1).iloc[1:]
+    corr = _correlations(scored.keys, history, cfg)
+    calibrated: dict[str, pd.DataFrame] = {}
+    cal = h.calibration
+    if cal is not None and h.history is not None:
+        cal_corr = _correlations(cal.keys, h.history, cfg)
+        calibrated = {name: _portfolio(cal.keys, f, cal.next_return, cal_corr)
+                      for name, f in cal.forecasts.items()}
+    var_bt = {name: _var_backtest(scored, f, cfg, corr, calibrated.get(name))
+              for name, f in scored.forecasts.items()}
+    var_series = var_bt["challenger"].pop("series")
+    for other in var_bt.values():
+        other.pop("series", None)
     backtests: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     for name, f in scored.forecasts.items():
@@ -378,7 +511,7 @@ def evaluate(h: Holdout, cfg: GateConfig, *, configurations_tried: int = 1) -> d
                "expected_max_sharpe": float(res.expected_max_sr),
                "sharpe_variance_across_models": sr_var}
     ch_var = daily_var(scored.forecasts["challenger"], cfg.var_level, cfg.var_dof)
-    series = _series(scored, losses, curves, ch_var)
+    series = {**_series(scored, losses, curves, ch_var), "portfolio_var": var_series}
     dv = scored.dollar_volume
     imputed = float(np.mean(~(np.isfinite(dv) & (dv > 0)))) if len(dv) else 0.0
     for b in backtests.values():
@@ -453,9 +586,9 @@ def decide(figures: Mapping[str, Any], cfg: GateConfig, *, champion: str | None,
     vb = figures["var_backtest"]["challenger"]
     zone_ok = ZONES.index(vb["zone"]) <= ZONES.index(cfg.max_var_zone)
     kp = "n/a" if vb["kupiec_pvalue"] is None else f"{vb['kupiec_pvalue']:.3g}"
-    reasons.append(f"VaR {cfg.var_level:.0%} backtest {vb['zone']} zone "
-                   f"({vb['exceptions']} exceptions in {vb['n']}, expected "
-                   f"{vb['expected']:.1f}, Kupiec p={kp}): "
+    reasons.append(f"VaR {cfg.var_level:.0%} backtest of the equal-weight portfolio "
+                   f"{vb['zone']} zone ({vb['exceptions']} exceptions in {vb['n']} sessions, "
+                   f"expected {vb['expected']:.1f}, Kupiec p={kp}): "
                    f"{'within' if zone_ok else 'beyond'} the allowed {cfg.max_var_zone}")
     ok = ok and zone_ok
     reasons.append(data_note)

@@ -88,10 +88,15 @@ def _plots(report: Mapping[str, Any], series: Mapping[str, Any]) -> str:
         ax.legend(fontsize=7, ncol=3)
 
     def exceptions(ax: Any) -> None:
-        rate = np.asarray(series["exception_rate"], float)
-        ax.bar(days, rate, width=1.0, color="tab:red", label="share of symbols beyond VaR")
-        ax.axhline(1 - level, color="black", ls="--", lw=1, label=f"expected {1 - level:.0%}")
-        ax.set_title(f"Challenger VaR {level:.0%} exceptions per session")
+        pv = series["portfolio_var"]
+        when = pd.to_datetime(pv["sessions"])
+        ret, var = np.asarray(pv["ret"], float), np.asarray(pv["var"], float)
+        ax.bar(when, ret, width=1.0, color="tab:gray", label="next-session return")
+        ax.plot(when, -var, color="tab:blue", lw=1.0, label=f"-VaR {level:.0%}")
+        hit = ret < -var
+        ax.scatter(when[hit], ret[hit], color="tab:red", zorder=3, s=14,
+                   label=f"exceptions ({int(hit.sum())})")
+        ax.set_title(f"Challenger VaR {level:.0%} of the equal-weight portfolio")
         ax.legend(fontsize=7)
 
     def coverage(ax: Any) -> None:
@@ -141,10 +146,11 @@ next {h['horizon']} sessions (annualised).</p>
                      f"{html.escape(', '.join(mcs['included']))}.</p>")
     var_bt = report.get("var_backtest")
     if var_bt:
-        rows = [[m, v["n"], v["exceptions"], v["expected"], v["kupiec_pvalue"], v["zone"]]
-                for m, v in var_bt.items()]
-        parts.append("<h2>VaR backtest</h2>" + _table(
-            ["model", "rows", "exceptions", "expected", "Kupiec p", "zone"], rows))
+        rows = [[m, v["n"], v["exceptions"], v["expected"], v["kupiec_pvalue"],
+                 v.get("christoffersen_cc_pvalue"), v["zone"]] for m, v in var_bt.items()]
+        parts.append("<h2>VaR backtest (equal-weight portfolio)</h2>" + _table(
+            ["model", "sessions", "exceptions", "expected", "Kupiec p", "Christoffersen cc p",
+             "zone"], rows))
     perf = report.get("backtest")
     if perf:
         keys = ["sharpe", "sortino", "calmar", "max_drawdown", "turnover", "hit_rate",

@@ -1083,10 +1083,9 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     """
     import mlflow
 
-    from models.lstm import seq_columns
     from pipelines import registry
-    from pipelines.datasets import stack_windows
-    from pipelines.gate import GateConfig, Holdout, decide, evaluate
+    from pipelines.datasets import window_frame
+    from pipelines.gate import Calibration, GateConfig, Holdout, decide, evaluate
     from pipelines.report import render_report_html
     from pipelines.schedule import load_config
 
@@ -1121,25 +1120,31 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
             "challenger": challenger.version, "champion_after": final.version if final else None,
         })
     data, seg = _dataset(s, d)
-    test = data[seg.of(data["session"], "test")].reset_index(drop=True)
-    nf = len(WINDOW_COLUMNS)
-    x = stack_windows(test["seq"], s.train.lookback, nf).reshape(len(test), -1)
-    frame = pd.DataFrame(x.astype(np.float64), columns=seq_columns(s.train.lookback, nf))
-
     mismatch = window_mismatch(challenger)
     if mismatch is not None:
         raise ValueError(f"challenger {mismatch}: retrain it (afterbell stage heavy_training)")
-    preds: dict[str, np.ndarray] = {}
-    preds["challenger"] = _predict(registry.load_pyfunc(s, challenger), frame)
+    models = {"challenger": registry.load_pyfunc(s, challenger)}
     stale = None if champion is None else window_mismatch(champion)
     already = champion is not None and champion.version == challenger.version
     if champion is not None and not already and stale is None:
-        preds["champion"] = _predict(registry.load_pyfunc(s, champion), frame)
-    preds.update(_baseline_forecasts(s, d, test))
+        models["champion"] = registry.load_pyfunc(s, champion)
+    history = _lake_range(s, "features", d, ("symbol", "session", "ret_1")).pivot(
+        index="session", columns="symbol", values="ret_1").apply(np.expm1)
+    segment: dict[str, Any] = {}
+    for name in ("valid", "test"):
+        rows = data[seg.of(data["session"], name)].reset_index(drop=True)
+        frame = window_frame(list(rows["seq"]))
+        preds = {m: _predict(model, frame) for m, model in models.items()}
+        preds.update(_baseline_forecasts(s, d, rows))
+        segment[name] = (rows, preds)
+    valid, valid_preds = segment["valid"]
+    test, preds = segment["test"]
     holdout = Holdout(
         keys=test[["symbol", "session"]], target=test["target"].to_numpy(np.float64),
         forecasts=preds, next_return=_next_returns(s, d, test),
-        dollar_volume=_dollar_volume(s, d, test), horizon=s.horizon,
+        dollar_volume=_dollar_volume(s, d, test), horizon=s.horizon, history=history,
+        calibration=Calibration(keys=valid[["symbol", "session"]], forecasts=valid_preds,
+                                next_return=_next_returns(s, d, valid)),
     )
     figures = evaluate(holdout, cfg, configurations_tried=int(
         challenger.tags.get("configurations_tried", "1")))

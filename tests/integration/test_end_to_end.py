@@ -287,7 +287,8 @@ def test_planted_degradation_triggers_a_retrain_the_calendar_would_skip(
 
 class _Planted:
     """A planted challenger: a constant forecast, or an oracle that looks the holdout's realised
-    volatility up by window (3% multiplicative noise), for the promotion gate to judge."""
+    volatility up by window (3% multiplicative noise; NaN off the holdout, so the validation
+    segment cannot calibrate its VaR quantile), for the promotion gate to judge."""
 
     def __init__(self, constant: float | None, table: dict[bytes, float] | None = None) -> None:
         self.constant = constant
@@ -350,9 +351,8 @@ def test_planted_constant_challenger_is_kept_a_planted_oracle_promoted_then_roll
 
     import numpy as np
 
-    from models.lstm import seq_columns
     from pipelines import registry, stages
-    from pipelines.datasets import stack_windows
+    from pipelines.datasets import window_frame
     from pipelines.settings import ALIAS_CHAMPION, ALIAS_PREVIOUS, REPO_ROOT, Settings
 
     env, home, _ = cycle
@@ -367,12 +367,10 @@ def test_planted_constant_challenger_is_kept_a_planted_oracle_promoted_then_roll
 
     data, seg = stages._dataset(settings, SESSION)
     test = data[seg.of(data["session"], "test")].reset_index(drop=True)
-    nf = len(stages.WINDOW_COLUMNS)
-    x = stack_windows(test["seq"], settings.train.lookback, nf).reshape(len(test), -1)
-    frame = pd.DataFrame(x.astype(np.float64), columns=seq_columns(settings.train.lookback, nf))
+    frame = window_frame(list(test["seq"]))  # the pyfunc input the validation stage builds
     noise = np.exp(0.03 * np.random.default_rng(0).standard_normal(len(test)))
-    oracle = {np.round(row, 8).tobytes(): float(t * n)
-              for row, t, n in zip(x.astype(np.float64), test["target"], noise, strict=True)}
+    oracle = {np.round(row, 8).tobytes(): float(t * n) for row, t, n
+              in zip(frame.to_numpy(np.float64), test["target"], noise, strict=True)}
 
     bad = _plant(settings, _Planted(0.20), frame)
     report = stages.validate_and_promote(SESSION.isoformat(), settings=settings)

@@ -133,5 +133,6 @@ def test_the_report_page_has_the_tables_and_five_plots() -> None:
               **{k: figures[k] for k in ("metrics", "tests", "var_backtest", "backtest", "dsr")}}
     page = render_report_html(report, figures["series"])
     assert page.count("data:image/png;base64,") == 5
-    for heading in ("Statistical comparison", "VaR backtest", "Signal backtest with costs"):
+    for heading in ("Statistical comparison", "VaR backtest (equal-weight portfolio)",
+                    "Signal backtest with costs"):
         assert heading in page
