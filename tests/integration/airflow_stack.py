@@ -110,16 +110,18 @@ class AirflowStack:
             print(f"[airflow] `{' '.join(args[:2])}` hit 'database is locked'; retrying",
                   flush=True)
             if dag_id:
-                # Airflow commits the backfill row first, then creates its runs in one
-                # transaction: a lock error leaves either the whole backfill or a run-less
+                # Airflow commits the backfill row first, then each run (on SQLite a savepoint
+                # outside a transaction commits when released): a lock error leaves a run-less
                 # orphan, which blocks a new backfill of the DAG until the scheduler closes it
-                # (two minutes after its creation).
+                # (two minutes after its creation), or a backfill with only some of its runs,
+                # which no retry can complete (use writers_stopped() around the create).
                 latest = self.latest_backfill_id(dag_id)
                 if latest is not None and latest != before:
-                    if self.backfill_runs(latest):
-                        print("[airflow] `backfill create` was committed by the locked attempt",
-                              flush=True)
-                        return out
+                    runs = self.backfill_runs(latest)
+                    if runs:
+                        dates = [r["logical_date"][:10] for r in runs]
+                        raise AirflowError(f"`backfill create` hit 'database is locked' after "
+                                           f"creating backfill {latest} with runs {dates} only")
                     print(f"[airflow] waiting for the scheduler to close run-less backfill "
                           f"{latest}", flush=True)
                     self.wait_backfill_completed(latest, timeout=240)
@@ -134,15 +136,48 @@ class AirflowStack:
     # ------------------------------------------------------------------ services
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name, args in SERVICES.items():
-            log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-            self._logs.append(log)
-            argv = ["airflow", *(a.format(port=self.port) for a in args)]
-            env = {**self.env, PRELOAD_ENV: "1"} if name in self.preload else self.env
-            self.procs[name] = subprocess.Popen(
-                argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
+        for name in SERVICES:
+            self._start_one(name)
+
+    def _start_one(self, name: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        argv = ["airflow", *(a.format(port=self.port) for a in SERVICES[name])]
+        env = {**self.env, PRELOAD_ENV: "1"} if name in self.preload else self.env
+        self.procs[name] = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def _stop_one(self, name: str, grace: float = 20.0) -> None:
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    @contextlib.contextmanager
+    def writers_stopped(self) -> Iterator[None]:
+        """Stop the scheduler and the dag-processor (the metadata DB's other writers) for the
+        duration, then start them again.
+
+        On SQLite a CLI write that meets another writer can fail with "database is locked"
+        whatever the busy timeout, and `backfill create` then leaves a backfill with only some
+        of its runs (Airflow commits each run's savepoint): creating a backfill with the
+        scheduler stopped is the reliable way on the embedded database (README, Backfills).
+        """
+        stopped = [name for name in ("scheduler", "dag-processor") if name in self.procs]
+        for name in stopped:
+            self._stop_one(name)
+        try:
+            yield
+        finally:
+            for name in stopped:
+                self._start_one(name)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():

@@ -130,8 +130,9 @@ def test_backfill_three_sessions_then_reprocess_is_byte_identical(
     # Runs of a paused DAG are never started, backfill or not: create the backfill first and
     # check that its runs stay queued until the DAG is unpaused.
     assert airflow.query("SELECT is_paused FROM dag WHERE dag_id = ?", (DAG_ID,)) == [(1,)]
-    airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM,
-                    "--to-date", TO, "--max-active-runs", "1")
+    with airflow.writers_stopped():
+        airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM,
+                        "--to-date", TO, "--max-active-runs", "1")
     first = airflow.latest_backfill_id(DAG_ID)
     assert first is not None
     runs = airflow.backfill_runs(first)
@@ -156,8 +157,9 @@ def test_backfill_three_sessions_then_reprocess_is_byte_identical(
     shutil.copytree(home / "runs", root / "runs-before-reprocess")
 
     airflow.wait_backfill_completed(first)
-    airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM,
-                    "--to-date", TO, "--max-active-runs", "1", "--reprocess-behavior", "completed")
+    with airflow.writers_stopped():
+        airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM, "--to-date",
+                        TO, "--max-active-runs", "1", "--reprocess-behavior", "completed")
     second = airflow.latest_backfill_id(DAG_ID)
     assert second is not None and second != first
     rerun = airflow.wait_backfill(DAG_ID, second, len(SESSIONS), BACKFILL_TIMEOUT_S)
