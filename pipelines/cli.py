@@ -276,9 +276,11 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
         worst = min(risk["stress"].items(), key=lambda kv: kv[1]["pnl"])
         lines.append(f"risk             {risk['book']}: GARCH-t 99% VaR {g['var']:.2%}, ES "
                      f"{g['cvar']:.2%}; worst stress {worst[0]} {worst[1]['pnl']:.1%}")
-    if pre:
-        lines.append(f"pre-market       {pre.get('forecasts', 0)} forecasts for "
+    if pre.get("forecasts"):
+        lines.append(f"pre-market       {pre['forecasts']} forecasts for "
                      f"{pre.get('for_session', '?')}")
+    elif pre:
+        lines.append(f"pre-market       no forecasts: {pre.get('reason', 'none')}")
     if sized:
         halted = " HALTED: " + "; ".join(sized["halt_reasons"]) if sized.get("halted") else ""
         lines.append(f"paper orders     {sized.get('orders', 0)} orders, gross "
