@@ -511,7 +511,7 @@ def evaluate(h: Holdout, cfg: GateConfig, *, configurations_tried: int = 1) -> d
                "expected_max_sharpe": float(res.expected_max_sr),
                "sharpe_variance_across_models": sr_var}
     ch_var = daily_var(scored.forecasts["challenger"], cfg.var_level, cfg.var_dof)
-    series = {**_series(scored, losses, curves, ch_var), "portfolio_var": var_series}
+    series = {**_series(scored, curves, ch_var), "portfolio_var": var_series}
     dv = scored.dollar_volume
     imputed = float(np.mean(~(np.isfinite(dv) & (dv > 0)))) if len(dv) else 0.0
     for b in backtests.values():
@@ -520,16 +520,13 @@ def evaluate(h: Holdout, cfg: GateConfig, *, configurations_tried: int = 1) -> d
             "var_backtest": var_bt, "backtest": backtests, "dsr": dsr, "series": series}
 
 
-def _series(h: Holdout, losses: pd.DataFrame, curves: Mapping[str, Any],
-            ch_var: np.ndarray) -> dict[str, Any]:
+def _series(h: Holdout, curves: Mapping[str, Any], ch_var: np.ndarray) -> dict[str, Any]:
     """Per-session curves for the report's plots (JSON-able lists)."""
     frame = pd.DataFrame({"session": h.keys["session"].to_numpy(), "target": h.target,
                           "var": ch_var, "ret": np.expm1(h.next_return),
                           **{f"f_{k}": v for k, v in h.forecasts.items()}})
     by = frame.groupby("session", sort=True).mean(numeric_only=True)
-    hits = frame.assign(hit=frame["ret"] < -frame["var"],
-                        inside=frame["ret"].abs() <= frame["var"])
-    per = hits.groupby("session", sort=True)[["hit", "inside"]].mean()
+    inside = (frame["ret"].abs() <= frame["var"]).groupby(frame["session"], sort=True).mean()
 
     def days(index: Any) -> list[str]:
         return [pd.Timestamp(t).date().isoformat() for t in index]
@@ -538,8 +535,7 @@ def _series(h: Holdout, losses: pd.DataFrame, curves: Mapping[str, Any],
         "sessions": days(by.index),
         "target": by["target"].round(6).tolist(),
         "forecasts": {k: by[f"f_{k}"].round(6).tolist() for k in h.forecasts},
-        "exception_rate": per["hit"].round(6).tolist(),
-        "inside_rate": per["inside"].round(6).tolist(),
+        "inside_rate": inside.round(6).tolist(),
         "equity": {k: {"sessions": days(c.equity.index),
                        "equity": c.equity.round(6).tolist(),
                        "drawdown": c.drawdown.round(6).tolist()} for k, c in curves.items()},

@@ -1128,30 +1128,30 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
     already = champion is not None and champion.version == challenger.version
     if champion is not None and not already and stale is None:
         models["champion"] = registry.load_pyfunc(s, champion)
-    history = _lake_range(s, "features", d, ("symbol", "session", "ret_1")).pivot(
-        index="session", columns="symbol", values="ret_1").apply(np.expm1)
-    segment: dict[str, Any] = {}
-    for name in ("valid", "test"):
-        rows = data[seg.of(data["session"], name)].reset_index(drop=True)
-        frame = window_frame(list(rows["seq"]))
-        preds = {m: _predict(model, frame) for m, model in models.items()}
-        preds.update(_baseline_forecasts(s, d, rows))
-        segment[name] = (rows, preds)
-    valid, valid_preds = segment["valid"]
-    test, preds = segment["test"]
+    rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
+    valid = data[seg.of(data["session"], "valid")].reset_index(drop=True)
+    test = data[seg.of(data["session"], "test")].reset_index(drop=True)
+    both = pd.concat([valid, test], ignore_index=True)  # one pass over the lake for both
+    frame = window_frame(list(both["seq"]))
+    preds_both = {m: _predict(model, frame) for m, model in models.items()}
+    preds_both.update(_baseline_forecasts(s, d, both))
+    next_both = _next_returns(rets, both)
+    cut = len(valid)
     holdout = Holdout(
         keys=test[["symbol", "session"]], target=test["target"].to_numpy(np.float64),
-        forecasts=preds, next_return=_next_returns(s, d, test),
-        dollar_volume=_dollar_volume(s, d, test), horizon=s.horizon, history=history,
-        calibration=Calibration(keys=valid[["symbol", "session"]], forecasts=valid_preds,
-                                next_return=_next_returns(s, d, valid)),
+        forecasts={m: p[cut:] for m, p in preds_both.items()}, next_return=next_both[cut:],
+        dollar_volume=_dollar_volume(s, d, test), horizon=s.horizon,
+        history=rets.pivot(index="session", columns="symbol", values="ret_1").apply(np.expm1),
+        calibration=Calibration(keys=valid[["symbol", "session"]],
+                                forecasts={m: p[:cut] for m, p in preds_both.items()},
+                                next_return=next_both[:cut]),
     )
     figures = evaluate(holdout, cfg, configurations_tried=int(
         challenger.tags.get("configurations_tried", "1")))
     data_passed, data_note = _data_quality_passed(s, d)
     decision, reasons = decide(
         figures, cfg, champion=champion.version if champion else None,
-        champion_scored="champion" in preds, already_champion=already,
+        champion_scored="champion" in preds_both, already_champion=already,
         data_passed=data_passed, data_note=data_note,
     )
     age = None if champion is None else champion_age(champion, d)
@@ -1165,7 +1165,7 @@ def validate_and_promote(session: str, settings: Settings | None = None) -> Summ
         "challenger": challenger.version,
         "champion": champion.version if champion else None,
         "champion_age_sessions": age,
-        "baselines": sorted(k for k in preds if k not in ("challenger", "champion")),
+        "baselines": sorted(k for k in preds_both if k not in ("challenger", "champion")),
         "holdout": {"start": seg.test[0].isoformat(), "end": seg.test[1].isoformat(),
                     "rows": figures["rows"], "sessions": figures["sessions"],
                     "horizon": s.horizon},
@@ -1232,10 +1232,10 @@ def stale_champion(version: Any, d: date, max_age: int | None = None) -> str | N
             f"{d} (max_champion_age {max_age}): promote a fresh model or roll back")
 
 
-def _next_returns(s: Settings, d: date, keys: pd.DataFrame) -> np.ndarray:
-    """Log return of each row's symbol over the session after the row's session (lake
-    ``features``; the holdout ends ``label_horizon`` sessions before ``d``, so it is known)."""
-    rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
+def _next_returns(rets: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
+    """Log return of each row's symbol over the session after the row's session, from the lake
+    ``features`` rows ``rets`` (symbol, session, ret_1) up to the validated session (the
+    holdout ends ``label_horizon`` sessions before it, so the return is known)."""
     rets = rets.sort_values(["symbol", "session"])
     rets["next_return"] = rets.groupby("symbol")["ret_1"].shift(-1)
     joined = keys[["symbol", "session"]].merge(
