@@ -30,7 +30,7 @@ early closes and DST included). The data interval is the session from the open t
 | stage (task group) | window (New York) | tasks |
 |---|---|---|
 | `close_analysis` | the close | `ingest` → `build_features` → `monitor` |
-| `light_training` | 17:00 | `refit_garch` → `recalibrate_risk` |
+| `light_training` | 17:00 | `refit_garch` → `recalibrate_risk` → `price_options` |
 | `data_processing` | 19:00 | `build_feature_tables` → `materialize` |
 | `heavy_training` | 22:00 | `plan` (cadence / retrain) → `train_challenger` → `train_transformer` |
 | `validation` | 02:00 next day | `validate_and_promote` |
@@ -128,7 +128,8 @@ def nightly_cycle():
 
     @task_group
     def light_training(session: str) -> None:
-        """Refit the GARCH models per symbol; VaR/CVaR, covariance and stress scenarios."""
+        """Refit the GARCH models per symbol; VaR/CVaR, covariance and stress scenarios; the
+        GARCH-implied 30-day straddle and the Heston calibration of ingested chains."""
 
         @task(pool="training")
         def refit_garch(session: str) -> dict:
@@ -142,7 +143,14 @@ def nightly_cycle():
 
             return run_stage("recalibrate_risk", session)
 
-        _window("light_training") >> refit_garch(session) >> recalibrate_risk(session)
+        @task
+        def price_options(session: str) -> dict:
+            from pipelines.tasks import run_stage
+
+            return run_stage("price_options", session)
+
+        (_window("light_training") >> refit_garch(session) >> recalibrate_risk(session)
+         >> price_options(session))
 
     @task_group
     def data_processing(session: str) -> None:

@@ -45,6 +45,13 @@ garch_features_source = FileSource(
     description="GARCH(1,1) conditional vol, forecast and standardised residual per session.",
 )
 
+option_features_source = FileSource(
+    name="option_features_source",
+    path=_offline_path("option_features"),
+    timestamp_field="event_timestamp",
+    description="30-day ATM straddle priced from the GARCH forecast and the Treasury rate.",
+)
+
 lstm_window_source = FileSource(
     name="lstm_window_source",
     path=_offline_path("lstm_window"),

@@ -14,7 +14,12 @@ TTL does not limit how far back history can be joined: that depends only on the 
 
 from datetime import timedelta
 
-from data_sources import garch_features_source, lstm_window_source, market_features_source
+from data_sources import (
+    garch_features_source,
+    lstm_window_source,
+    market_features_source,
+    option_features_source,
+)
 from entities import symbol
 from feast import FeatureView, Field
 from feast.types import Array, Float64, Int64
@@ -75,9 +80,36 @@ garch_features = FeatureView(
         Field(name="garch_std_resid", dtype=Float64, description="Standardised residual."),
         Field(name="egarch_forecast", dtype=Float64, description="EGARCH vol forecast."),
         Field(name="ewma_forecast", dtype=Float64, description="RiskMetrics EWMA vol forecast."),
+        Field(
+            name="garch_vol_30d",
+            dtype=Float64,
+            description="GARCH(1,1)-t vol forecast over the next 21 sessions (30 days).",
+        ),
     ],
     online=True,
     source=garch_features_source,
+    tags={"stage": "light_training"},
+)
+
+option_features = FeatureView(
+    name="option_features",
+    entities=[symbol],
+    ttl=timedelta(days=14),
+    schema=[
+        Field(
+            name="garch_iv_30d",
+            dtype=Float64,
+            description="GARCH-implied vol of a 30-day option (compare rv_22 and vix).",
+        ),
+        Field(
+            name="straddle_30d",
+            dtype=Float64,
+            description="30-day ATM straddle price over spot, BSM at garch_iv_30d (QuantLib).",
+        ),
+        Field(name="rate_30d", dtype=Float64, description="30-day risk-free rate (continuous)."),
+    ],
+    online=True,
+    source=option_features_source,
     tags={"stage": "light_training"},
 )
 

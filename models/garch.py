@@ -99,6 +99,7 @@ from arch.univariate.mean import HARX
 __all__ = [
     "GARCH_FEATURE_COLUMNS",
     "MAX_ANNUAL_VOL",
+    "TERM_SESSIONS",
     "GarchFamily",
     "GarchFit",
     "GarchSpec",
@@ -108,7 +109,13 @@ __all__ = [
 ]
 
 #: Output columns of :func:`filter_garch` and :func:`rolling_garch_features`.
-GARCH_FEATURE_COLUMNS: tuple[str, ...] = ("garch_vol", "garch_forecast", "garch_std_resid")
+GARCH_FEATURE_COLUMNS: tuple[str, ...] = (
+    "garch_vol", "garch_forecast", "garch_std_resid", "garch_vol_30d",
+)  # fmt: skip
+
+#: Sessions in the life of a 30-calendar-day option: the horizon of ``garch_vol_30d`` (the
+#: GARCH-implied volatility of the light stage's 30-day straddle).
+TERM_SESSIONS = 21
 
 _SCALE = 100.0  # decimal -> percent returns
 _PERIODS_PER_YEAR = 252
@@ -737,18 +744,26 @@ def _filter(
     var_bounds = np.tile(np.array([_VAR_BOUNDS]), (nobs, 1))
     sigma2 = np.zeros(nobs)
     vol.compute_variance(vol_p, resids, sigma2, backcast, var_bounds)
+    term = np.full(nobs - start, np.nan)
     if isinstance(vol, EGARCH) and spec.horizon > 1:  # no analytic multi-step EGARCH
         var_path = _egarch_simulated_variance(
             vol, vol_p, resids, sigma2, float(backcast), start, spec.horizon,
             model.distribution.simulate(dist_p),
         )
     else:
+        analytic_term = not isinstance(vol, EGARCH)  # EGARCH: analytic for one step only
         fc = vol.forecast(
-            vol_p, resids, backcast, var_bounds, start=start, horizon=spec.horizon,
+            vol_p, resids, backcast, var_bounds, start=start,
+            horizon=max(spec.horizon, TERM_SESSIONS) if analytic_term else spec.horizon,
             method="analytic",
         )
         # Row i of the forecasts is origin start + i: E[sigma^2_{t+h} | F_t], h = 1..H.
-        var_path = np.asarray(fc.forecasts, dtype=float)[-(nobs - start) :]
+        full_path = np.asarray(fc.forecasts, dtype=float)[-(nobs - start) :]
+        var_path = full_path[:, : spec.horizon]
+        if analytic_term:
+            with np.errstate(over="ignore", invalid="ignore"):
+                term = np.sqrt(_PERIODS_PER_YEAR * full_path[:, :TERM_SESSIONS].mean(axis=1))
+            term = np.where(term / _SCALE <= MAX_ANNUAL_VOL, term / _SCALE, MAX_ANNUAL_VOL)
     sigma = np.sqrt(sigma2[start:])
     annual = np.sqrt(_PERIODS_PER_YEAR)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -762,7 +777,7 @@ def _filter(
             spec.dist, MAX_ANNUAL_VOL, first, fit.params,
         )
         forecast = np.where(capped, MAX_ANNUAL_VOL, forecast)
-    return np.column_stack([sigma * annual / _SCALE, forecast, resids[start:] / sigma])
+    return np.column_stack([sigma * annual / _SCALE, forecast, resids[start:] / sigma, term])
 
 
 def filter_garch(returns: pd.Series, fit: GarchFit, *, name: str | None = None) -> pd.DataFrame:
@@ -787,7 +802,11 @@ def filter_garch(returns: pd.Series, fit: GarchFit, *, name: str | None = None) 
         - ``garch_forecast``: annualised vol forecast over sessions ``t+1 .. t+H`` made at the close
           of ``t``, ``sqrt(252 * mean_h E[sigma^2_{t+h} | F_t]) / 100``, at most
           :data:`MAX_ANNUAL_VOL` (higher or non-finite values are capped with a warning),
-        - ``garch_std_resid``: ``resid_t / sigma_t``.
+        - ``garch_std_resid``: ``resid_t / sigma_t``,
+        - ``garch_vol_30d``: the same forecast over the next :data:`TERM_SESSIONS` sessions
+          (the life of a 30-day option), ``sqrt(252 * mean_h E[sigma^2_{t+h} | F_t]) / 100``
+          for ``h = 1..21``, at most :data:`MAX_ANNUAL_VOL`; NaN for EGARCH, whose multi-step
+          forecast is simulated, and only to the spec's horizon.
 
         Row ``t`` uses returns up to and including ``t`` only (see the module notes on the
         backcast for the first 75 rows).

@@ -81,6 +81,21 @@ def _parser() -> argparse.ArgumentParser:
 
     add_options_parser(sub)
 
+    rt = sub.add_parser("rates", help="risk-free rates for option pricing (ingested Treasury "
+                        "curves, packaged Fama-French fallback)")
+    rt_sub = rt.add_subparsers(dest="rates_command", required=True, metavar="ACTION")
+    rti = rt_sub.add_parser("ingest", help="store a Treasury 'Daily Treasury Par Yield Curve "
+                            "Rates' CSV in the lake (replaces the dates it holds)")
+    rti.add_argument("--source", required=True, type=Path, metavar="FILE",
+                     help="CSV with a Date column and tenor columns (1 Mo, 3 Mo, 1 Yr, ...)")
+    rts = rt_sub.add_parser("show", help="the continuously compounded rate a session uses "
+                            "(newest curve strictly before it)")
+    rts.add_argument("--session", required=True, help="YYYY-MM-DD")
+    rts.add_argument("--days", type=int, default=30, help="horizon in calendar days")
+    rts.add_argument("--max-age-days", type=int, default=62,
+                     help="oldest curve accepted, in calendar days before the session")
+    rts.add_argument("--json", action="store_true", help="print one JSON object")
+
     sub.add_parser("env", help="write $AFTERBELL_HOME/env.sh and print the environment")
     sub.add_parser("init", help="prepare the state directory (Airflow DB, env.sh, Feast)")
     return p
@@ -231,6 +246,7 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
     plan, feats = _read(runs / "plan_training.json"), _read(runs / "features.json")
     trf = _read(runs / "transformer.json")
     risk, sized = _read(runs / "risk.json"), _read(runs / "size_positions.json")
+    opts = _read(runs / "options.json")
     champion = registry.alias_version(settings, ALIAS_CHAMPION)
     lines = [
         "",
@@ -276,6 +292,17 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
         worst = min(risk["stress"].items(), key=lambda kv: kv[1]["pnl"])
         lines.append(f"risk             {risk['book']}: GARCH-t 99% VaR {g['var']:.2%}, ES "
                      f"{g['cvar']:.2%}; worst stress {worst[0]} {worst[1]['pnl']:.1%}")
+    if opts.get("straddles"):
+        straddles = opts["straddles"]
+        shown = "SPX" if "SPX" in straddles else sorted(straddles)[0]
+        rate = opts["rate"]
+        chains = opts.get("chains", {})
+        lines.append(
+            f"options          {len(straddles)} 30-day ATM straddles from the GARCH forecast at "
+            f"{rate['rate']:.2%} ({rate['source']} curve of {rate['curve_date']}), e.g. {shown} "
+            f"GARCH-implied vol {straddles[shown]['garch_iv_30d']:.1%}, straddle "
+            f"{straddles[shown]['straddle_30d']:.2%} of spot; {chains.get('chains', 0)} option "
+            "chain(s) calibrated")
     if pre.get("forecasts"):
         lines.append(f"pre-market       {pre['forecasts']} forecasts for "
                      f"{pre.get('for_session', '?')}")
@@ -348,6 +375,28 @@ def cmd_options_command(settings: Settings, args: argparse.Namespace) -> int:
     return cmd_options(args)
 
 
+def cmd_rates(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pipelines import rates
+    from pipelines.calendar import to_date
+
+    if args.rates_command == "ingest":
+        done = rates.ingest_rates(settings.lake_dir, args.source)
+        _say(f"rates: {done.rows} curve dates {done.first}..{done.last} from {args.source} "
+             f"stored in {done.path} ({done.replaced} replaced, {done.stored} in all)")
+        return 0
+    session = to_date(args.session)
+    quote = rates.rate_at(settings.lake_dir, session, args.days, max_age_days=args.max_age_days)
+    if args.json:
+        print(json.dumps({"session": session.isoformat(), **asdict(quote)}, default=str))
+    else:
+        print(f"{session}: {quote.days}-day rate {quote.rate:.6f} ({quote.rate:.4%} continuously "
+              f"compounded) from the {quote.source} curve of {quote.curve_date} "
+              f"({quote.age_days} days old)")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "stage": cmd_stage,
@@ -361,6 +410,7 @@ COMMANDS = {
     "kill-switch": cmd_kill_switch,
     "risk": cmd_risk,
     "options": cmd_options_command,
+    "rates": cmd_rates,
 }
 
 

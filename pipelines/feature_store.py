@@ -52,7 +52,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
-from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS, WINDOW_TABLE_COLUMNS
+from pipelines.schema import (
+    FEATURE_COLUMNS,
+    GARCH_COLUMNS,
+    OPTION_COLUMNS,
+    WINDOW_TABLE_COLUMNS,
+)
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ViewName = Literal["market_features", "garch_features", "lstm_window"]
+ViewName = Literal["market_features", "garch_features", "lstm_window", "option_features"]
 
 #: Feature views of the repo and the feature columns of their offline tables.
 VIEW_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -68,6 +73,7 @@ VIEW_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "market_features": FEATURE_COLUMNS,
         "garch_features": GARCH_COLUMNS,
         "lstm_window": WINDOW_TABLE_COLUMNS,
+        "option_features": OPTION_COLUMNS,
     }
 )
 
@@ -89,7 +95,7 @@ def offline_path(settings: Settings, view: ViewName) -> Path:
     ----------
     settings : Settings
         Installation settings (``offline_dir``).
-    view : {"market_features", "garch_features", "lstm_window"}
+    view : {"market_features", "garch_features", "lstm_window", "option_features"}
         Feature view name.
 
     Returns
@@ -115,7 +121,7 @@ def write_offline_table(settings: Settings, view: ViewName, df: pd.DataFrame) ->
     ----------
     settings : Settings
         Installation settings (``offline_dir``).
-    view : {"market_features", "garch_features", "lstm_window"}
+    view : {"market_features", "garch_features", "lstm_window", "option_features"}
         Feature view whose source file is written.
     df : pandas.DataFrame
         The full table: ``symbol``, ``session``, ``event_timestamp`` and the view's feature
@@ -380,7 +386,7 @@ def materialize(
     start, end : datetime
         Interval bounds; naive datetimes are taken as UTC.
     views : sequence of str, optional
-        Feature views to materialise (default: all three).
+        Feature views to materialise (default: all of :data:`VIEW_COLUMNS`).
 
     Returns
     -------

@@ -1,15 +1,25 @@
-"""``afterbell options``: price vanilla options and calibrate Heston to a chain from the shell.
+"""``afterbell options``: price options, calibrate Heston to a chain, ingest chains into the lake.
 
-Two subcommands::
+Three subcommands::
 
     afterbell options price --type call --spot 42 --strike 40 --rate 0.1 --vol 0.2 --expiry 0.5
         [--dividend Q] [--model bsm|heston|merton] [--style european|american] [--json]
     afterbell options calibrate --chain chain.csv --spot 100 --rate 0.03 [--dividend Q] [--json]
+    afterbell options ingest-chain --session 2024-01-05 --symbol SPY --chain chain.csv
+        --spot 470 --rate 0.05 [--dividend Q] [--json]
+
+``price`` and ``calibrate`` work on their inputs alone. ``ingest-chain`` stores the chain, with
+its market, in the session's partition of the lake table ``option_chains`` under
+``$AFTERBELL_HOME/lake`` (:func:`pipelines.chains.ingest_chain`: an upsert by symbol, so it is
+safe to repeat); the nightly step :func:`pipelines.chains.calibrate_session` turns a session's
+chains into its ``iv_surface`` and ``heston`` partitions.
 
 ``--json`` prints one JSON object (the inputs are echoed under ``"inputs"``, because the Heston
-parameter ``theta`` and the Greek ``theta`` share a name); without it a short table. Bad arguments
-exit with status 2 and one ``afterbell options ...: error: argument --NAME: ...`` line, as
-argparse does. QuantLib and :mod:`models.options` are imported inside :func:`cmd_options`, so
+parameter ``theta`` and the Greek ``theta`` share a name); without it a short table (one line for
+``ingest-chain``). Bad arguments (a date that is not an NYSE session, a chain file that is
+missing or invalid, named with its rows) exit with status 2 and one
+``afterbell options ...: error: argument --NAME: ...`` line, as argparse does. QuantLib,
+:mod:`models.options` and :mod:`pipelines.chains` are imported inside :func:`cmd_options`, so
 building the parser stays fast.
 """
 
@@ -19,6 +29,7 @@ import argparse
 import json
 import math
 import sys
+from datetime import date
 from typing import Any
 
 __all__ = ["add_options_parser", "cmd_options"]
@@ -36,6 +47,7 @@ _OPTION_OF_FIELD = {
     "spot": "--spot", "rate": "--rate", "dividend": "--dividend", "vol": "--vol", "v0": "--v0",
     "kappa": "--kappa", "theta": "--theta", "sigma": "--sigma-v", "rho": "--rho-v",
     "jump_intensity": "--jump-intensity", "jump_mean": "--jump-mean", "jump_vol": "--jump-vol",
+    "symbol": "--symbol",
 }
 
 
@@ -77,6 +89,13 @@ def _correlation(text: str) -> float:
     return value
 
 
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (expected YYYY-MM-DD): {text!r}") from None
+
+
 def _add_market(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spot", required=True, type=_positive, metavar="S",
                    help="price of the underlying")
@@ -88,7 +107,7 @@ def _add_market(p: argparse.ArgumentParser) -> None:
 
 
 def add_options_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``options`` command (subcommands ``price`` and ``calibrate``).
+    """Add the ``options`` command (subcommands ``price``, ``calibrate``, ``ingest-chain``).
 
     Parameters
     ----------
@@ -96,9 +115,10 @@ def add_options_parser(subparsers: argparse._SubParsersAction) -> None:
         The object returned by ``ArgumentParser.add_subparsers`` of the ``afterbell`` parser.
     """
     opt = subparsers.add_parser(
-        "options", help="price options (BSM, Heston, Merton) or calibrate Heston to a chain",
-        description="Price European/American vanilla options with QuantLib, or compute a chain's "
-        "implied volatilities and calibrate Heston to them.",
+        "options", help="price options (BSM, Heston, Merton), calibrate Heston to a chain or "
+        "ingest a chain into the lake",
+        description="Price European/American vanilla options with QuantLib, compute a chain's "
+        "implied volatilities and calibrate Heston to them, or store a chain in the lake.",
     )
     osub = opt.add_subparsers(dest="options_command", required=True, metavar="SUBCOMMAND")
 
@@ -150,6 +170,20 @@ def add_options_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_market(cal)
     cal.set_defaults(options_prog=cal.prog)
 
+    ing = osub.add_parser(
+        "ingest-chain", help="store a symbol's option chain in the lake for one session",
+        description="Validate a CSV chain of European options (columns expiry in years, strike, "
+        "type call/put, price) and store it, with its spot, rate and dividend, in the session's "
+        "partition of the lake table option_chains. Re-ingesting a symbol replaces its rows for "
+        "that session; other symbols are kept.",
+    )
+    ing.add_argument("--session", required=True, type=_iso_date, metavar="YYYY-MM-DD",
+                     help="NYSE session the chain was quoted on")
+    ing.add_argument("--symbol", required=True, metavar="SYMBOL", help="underlying (e.g. SPY)")
+    ing.add_argument("--chain", required=True, metavar="FILE", help="CSV option chain")
+    _add_market(ing)
+    ing.set_defaults(options_prog=ing.prog)
+
 
 def _error(args: argparse.Namespace, message: str) -> int:
     prog = getattr(args, "options_prog", "afterbell options")
@@ -166,7 +200,7 @@ def _as_argument_error(exc: ValueError) -> str:
 
 
 def cmd_options(args: argparse.Namespace) -> int:
-    """Run ``afterbell options price`` or ``afterbell options calibrate``.
+    """Run ``afterbell options price``, ``calibrate`` or ``ingest-chain``.
 
     Parameters
     ----------
@@ -183,6 +217,8 @@ def cmd_options(args: argparse.Namespace) -> int:
             return _price(args)
         if args.options_command == "calibrate":
             return _calibrate(args)
+        if args.options_command == "ingest-chain":
+            return _ingest_chain(args)
     except _ArgumentError as exc:
         return _error(args, str(exc))
     except ValueError as exc:
@@ -309,4 +345,41 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"  rmse iv {fit.rmse_iv:.3g}, max |iv error| {fit.max_abs_iv_error:.3g} over "
           f"{fit.n_options} options; {fit.end_criteria} after {fit.evaluations} evaluations"
           f"{'' if fit.converged else ' (NOT converged)'}")
+    return 0
+
+
+def _ingest_chain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines.calendar import require_session
+    from pipelines.chains import CHAINS_TABLE, ChainFileError, ingest_chain
+    from pipelines.settings import Settings
+
+    try:
+        session = require_session(args.session)
+    except ValueError as exc:
+        raise _ArgumentError("--session", str(exc)) from None
+    try:
+        lake = Settings.from_env().lake_dir
+    except ValueError as exc:  # the environment, not an argument: afterbell's exit status 1
+        raise RuntimeError(str(exc)) from None
+    try:
+        done = ingest_chain(lake, session, args.symbol, args.chain, spot=args.spot,
+                            rate=args.rate, dividend=args.dividend)
+    except ChainFileError as exc:
+        raise _ArgumentError("--chain", str(exc)) from None
+    except OSError as exc:  # the chain file cannot be read; a failed lake write is not --chain's
+        if exc.filename is None or Path(exc.filename) != Path(args.chain):
+            raise
+        raise _ArgumentError("--chain", str(exc)) from None
+    if args.json:
+        out = {"table": CHAINS_TABLE, "session": done.session.isoformat(), "symbol": done.symbol,
+               "rows": done.rows, "replaced": done.replaced, "path": str(done.path),
+               "inputs": {"chain": str(args.chain), "spot": args.spot, "rate": args.rate,
+                          "dividend": args.dividend}}
+        print(json.dumps(out))
+        return 0
+    print(f"{CHAINS_TABLE} {done.session.isoformat()} {done.symbol}: {done.rows} options from "
+          f"{args.chain} (S={args.spot:g} r={args.rate:g} q={args.dividend:g}; replaced "
+          f"{done.replaced} rows) -> {done.path}")
     return 0

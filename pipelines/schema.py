@@ -123,6 +123,16 @@ GARCH_COLUMNS: tuple[str, ...] = (
     "garch_std_resid",  # standardised residual of the session's return
     "egarch_forecast",  # EGARCH(1,1)-t annualised vol forecast over the next `horizon` sessions
     "ewma_forecast",  # RiskMetrics EWMA (0.94) annualised vol forecast (flat term structure)
+    "garch_vol_30d",  # GARCH(1,1)-t annualised vol forecast over the next 21 sessions (30 days)
+)
+
+#: The light stage's option features (lake table ``options``, Feast view ``option_features``):
+#: a 30-day at-the-money straddle priced from the GARCH variance forecast and the Treasury rate
+#: (``pipelines.stages.price_options``); beside ``rv_22`` and ``vix`` of ``market_features``.
+OPTION_COLUMNS: tuple[str, ...] = (
+    "garch_iv_30d",  # GARCH-implied vol of a 30-calendar-day option (annualised, ACT/365)
+    "straddle_30d",  # price of the 30-day ATM straddle over the spot (BSM at garch_iv_30d)
+    "rate_30d",  # continuously compounded 30-day risk-free rate used to price it
 )
 
 #: LSTM input windows (lake table ``windows``, Feast view ``lstm_window``).

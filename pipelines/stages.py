@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import calendar
-from pipelines.schema import BAR_COLUMNS, FEATURE_COLUMNS, GARCH_COLUMNS
+from pipelines.schema import BAR_COLUMNS, FEATURE_COLUMNS, GARCH_COLUMNS, OPTION_COLUMNS
 from pipelines.settings import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
@@ -629,6 +629,106 @@ def recalibrate_risk(session: str, settings: Settings | None = None) -> Summary:
     })
 
 
+#: Calendar days to expiry of the light stage's at-the-money straddle.
+OPTION_DAYS = 30
+
+
+def option_rows(garch: pd.DataFrame, rates: pd.DataFrame) -> pd.DataFrame:
+    """The ``OPTION_COLUMNS`` of each (symbol, session): a 30-day ATM straddle priced from the
+    GARCH variance forecast (a pure function of its inputs).
+
+    The GARCH(1,1)-t forecast of the variance over the option's life is the ``garch_vol_30d`` of
+    the row (annualised over 252 sessions, forecast over the next
+    :data:`~models.garch.TERM_SESSIONS` sessions); as an option volatility on the calendar clock
+    of the straddle (``OPTION_DAYS / 365`` years) it is
+    ``garch_iv_30d = garch_vol_30d * sqrt(21 / 252 * 365 / 30)``: the same total variance.
+    :func:`models.options.garch_straddle` prices the straddle (Black-Scholes-Merton through
+    QuantLib's ``BlackCalculator``, spot 1, no dividend yield: the packaged data has none) at the
+    session's 30-day rate.
+
+    Parameters
+    ----------
+    garch : pandas.DataFrame
+        ``symbol``, ``session``, ``event_timestamp``, ``garch_vol_30d``.
+    rates : pandas.DataFrame
+        Indexed by session: ``rate`` (continuously compounded 30-day rate, NaN where none was
+        fresh enough), ``source``, ``curve_date``, ``age_days`` (:func:`pipelines.rates.rates_for`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``symbol, session, event_timestamp``, the ``OPTION_COLUMNS`` and ``rate_source``,
+        ``rate_curve_date``; the straddle is NaN where the forecast or the rate is missing.
+    """
+    from models.garch import TERM_SESSIONS
+    from models.options import garch_straddle
+
+    out = garch[["symbol", "session", "event_timestamp"]].copy()
+    scale = math.sqrt(TERM_SESSIONS / 252 * 365 / OPTION_DAYS)
+    iv = garch["garch_vol_30d"].to_numpy(np.float64) * scale
+    on = rates.reindex(pd.DatetimeIndex(garch["session"]))
+    rate = on["rate"].to_numpy(np.float64)
+    straddle = np.full(len(out), np.nan)
+    for i in np.flatnonzero(np.isfinite(iv) & (iv > 0) & np.isfinite(rate)):
+        straddle[i] = garch_straddle(1.0, float(iv[i]), float(rate[i]), 0.0,
+                                     OPTION_DAYS).price_over_spot
+    out["garch_iv_30d"] = iv
+    out["straddle_30d"] = straddle
+    out["rate_30d"] = rate
+    out["rate_source"] = on["source"].fillna("").astype(str).to_numpy()
+    out["rate_curve_date"] = pd.to_datetime(on["curve_date"]).to_numpy()
+    return out[["symbol", "session", "event_timestamp", *OPTION_COLUMNS, "rate_source",
+                "rate_curve_date"]]
+
+
+def price_options(session: str, settings: Settings | None = None) -> Summary:
+    """Light stage: the 30-day ATM straddle per symbol from the GARCH variance forecast and the
+    Treasury rate (lake table ``options``, Feast view ``option_features``), and the Heston
+    calibration and implied-vol surface of every option chain ingested for the session
+    (``afterbell options ingest-chain``; lake tables ``heston`` and ``iv_surface``).
+
+    The rate of a session is the 30-day point of the newest curve dated strictly before it
+    (:func:`pipelines.rates.rates_for`: an ingested Treasury curve, else the 1-month T-bill rate
+    the installed ``arch`` ships). Missing history partitions are filled from the stored GARCH
+    rows (a history session without a fresh rate gets NaN prices, logged); the session itself
+    must have a rate, else the task fails naming the fix. Safe to repeat: partitions are
+    overwritten.
+    """
+    from pipelines import lake, rates
+    from pipelines.chains import calibrate_session
+
+    d, s = _setup(session, settings)
+    garch = _lake_range(s, "garch", d, ("symbol", "session", "event_timestamp", "garch_vol_30d"))
+    if garch.empty or not (garch["session"] == pd.Timestamp(d)).any():
+        raise ValueError(f"no GARCH rows for {d}: run refit_garch first")
+    wanted = _to_write(s, "options", d, sorted({t.date() for t in garch["session"]}))
+    garch = garch[garch["session"].dt.date.isin(wanted)]
+    sessions = sorted({t.date() for t in garch["session"]})
+    rates.rate_at(s.lake_dir, d, days=OPTION_DAYS)  # the session's own rate, or a clear error
+    out = option_rows(garch, rates.rates_for(s.lake_dir, sessions, days=OPTION_DAYS))
+    lake.write_partitions(s.lake_dir, "options", out)
+    unpriced = out.loc[out["straddle_30d"].isna() & out["garch_iv_30d"].notna(), "session"]
+    if len(unpriced):
+        log.warning("options %s: %d history row(s) without a fresh 30-day rate left unpriced "
+                    "(first %s)", d, len(unpriced), unpriced.min().date())
+    today = out[out["session"] == pd.Timestamp(d)].set_index("symbol").sort_index()
+    quote = rates.rate_at(s.lake_dir, d, days=OPTION_DAYS)
+    chains = calibrate_session(s.lake_dir, d)
+    log.info("options %s: %d straddles at rate %.4f (%s, curve %s); %d rows written", d,
+             int(today["straddle_30d"].notna().sum()), quote.rate, quote.source,
+             quote.curve_date, len(out))
+    return _run_record(s, d, "options", {
+        "session": d.isoformat(),
+        "days": OPTION_DAYS,
+        "rate": {"rate": quote.rate, "source": quote.source,
+                 "curve_date": quote.curve_date.isoformat(), "age_days": quote.age_days},
+        "straddles": {str(sym): {"garch_iv_30d": float(row["garch_iv_30d"]),
+                                 "straddle_30d": float(row["straddle_30d"])}
+                      for sym, row in today.iterrows()},
+        "chains": chains,
+    })
+
+
 def _register_garch_family(
     s: Settings, d: date, fits: dict[str, dict[str, Any]], feats: pd.DataFrame
 ) -> str:
@@ -663,7 +763,8 @@ def _register_garch_family(
 
 # -------------------------------------------------------------------------- data processing
 def build_feature_tables(session: str, settings: Settings | None = None) -> Summary:
-    """Write the offline store's tables (market, GARCH, LSTM windows) as of the session."""
+    """Write the offline store's tables (market, GARCH, options, LSTM windows) as of the
+    session."""
     from pipelines import feature_store
     from pipelines.features import build_windows
 
@@ -673,14 +774,20 @@ def build_feature_tables(session: str, settings: Settings | None = None) -> Summ
     garch = _lake_range(s, "garch", d, ("symbol", "session", "event_timestamp", *GARCH_COLUMNS))
     if garch.empty:
         raise ValueError(f"no GARCH features up to {d}: run light_training first")
+    options = _lake_range(s, "options", d, ("symbol", "session", "event_timestamp",
+                                            *OPTION_COLUMNS))
+    if options.empty:
+        raise ValueError(f"no option features up to {d}: run light_training's price_options")
     windows = build_windows(feats, garch, s.train.lookback, WINDOW_COLUMNS)
     feature_store.write_offline_table(s, "market_features", feats)
     feature_store.write_offline_table(s, "garch_features", garch)
+    feature_store.write_offline_table(s, "option_features", options)
     feature_store.write_offline_table(s, "lstm_window", windows)
     return _run_record(s, d, "feature_tables", {
         "session": d.isoformat(),
         "market_features": len(feats),
         "garch_features": len(garch),
+        "option_features": len(options),
         "lstm_window": len(windows),
         "window_symbols_today": int((windows["session"] == pd.Timestamp(d)).sum()),
     })
@@ -1454,7 +1561,7 @@ def serve_session(session: str, settings: Settings | None = None) -> Summary:
 #: A function returning ``{"run": False, "reason": ...}`` (the heavy stage's plan) ends the stage.
 STAGES: dict[str, tuple[Callable[..., Summary], ...]] = {
     "close_analysis": (ingest, build_features, monitor),
-    "light_training": (refit_garch, recalibrate_risk),
+    "light_training": (refit_garch, recalibrate_risk, price_options),
     "data_processing": (build_feature_tables, materialize),
     "heavy_training": (plan_training, train_challenger, train_transformer),
     "validation": (validate_and_promote,),

@@ -16,7 +16,7 @@ log = logging.getLogger("afterbell.tasks")
 
 #: Stage functions the DAGs may run (module-level names in pipelines.stages).
 STAGE_FUNCTIONS = (
-    "ingest", "build_features", "monitor", "refit_garch", "recalibrate_risk",
+    "ingest", "build_features", "monitor", "refit_garch", "recalibrate_risk", "price_options",
     "build_feature_tables", "materialize", "plan_training", "train_challenger",
     "train_transformer", "validate_and_promote", "pre_market", "size_positions", "serve_session",
 )  # fmt: skip

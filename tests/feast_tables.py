@@ -11,14 +11,14 @@ import pandas as pd
 
 from pipelines import feature_store as fs
 from pipelines.calendar import closes_for, sessions_between
-from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS
+from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS, OPTION_COLUMNS
 from pipelines.settings import WINDOW_COLUMNS
 
 
 def offline_tables(
     symbols: tuple[str, ...], start: str, end: str, *, seed: int, lookback: int
 ) -> dict[fs.ViewName, pd.DataFrame]:
-    """Random offline tables of the three feature views, one row per symbol and session.
+    """Random offline tables of the feature views, one row per symbol and session.
 
     Parameters
     ----------
@@ -35,7 +35,8 @@ def offline_tables(
     Returns
     -------
     dict[fs.ViewName, pd.DataFrame]
-        ``market_features``, ``garch_features`` and ``lstm_window`` tables, each with ``symbol``,
+        ``market_features``, ``garch_features``, ``option_features`` and ``lstm_window`` tables,
+        each with ``symbol``,
         ``session`` and ``event_timestamp`` (the session's close) and the view's columns.
     """
     rng = np.random.default_rng(seed)
@@ -46,10 +47,12 @@ def offline_tables(
     n = len(base)
     market = base.assign(**{c: rng.normal(size=n) for c in FEATURE_COLUMNS})
     garch = base.assign(**{c: rng.uniform(0.1, 0.5, size=n) for c in GARCH_COLUMNS})
+    options = base.assign(**{c: rng.uniform(0.01, 0.1, size=n) for c in OPTION_COLUMNS})
     window = base.copy()
     window["seq"] = list(rng.normal(size=(n, lookback * len(WINDOW_COLUMNS))))
     window["asof"] = base["event_timestamp"].astype("int64") // 10**9
-    return {"market_features": market, "garch_features": garch, "lstm_window": window}
+    return {"market_features": market, "garch_features": garch, "lstm_window": window,
+            "option_features": options}
 
 
 @contextmanager

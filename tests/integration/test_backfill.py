@@ -212,7 +212,7 @@ def _check_tasks(airflow: AirflowStack, home: Path, runs: list[dict]) -> None:
         plan = json.loads((home / "runs" / f"session={session}" / "plan_training.json").read_text())
         print(f"[backfill] {session} {TRAIN_TASK} {states.get(TRAIN_TASK)}: {plan['reason']}")
         others = {t: s for t, s in states.items() if t not in (TRAIN_TASK, TRANSFORMER_TASK)}
-        assert len(others) == 18 and set(others.values()) == {"success"}, (session, others)
+        assert len(others) == 19 and set(others.values()) == {"success"}, (session, others)
         assert states.get(TRANSFORMER_TASK) == states.get(TRAIN_TASK), (session, states)
         if session in TRAINS:
             assert states.get(TRAIN_TASK) == "success", (session, states)

@@ -36,7 +36,7 @@ from tests.conftest import SESSION, small_env
 pytestmark = pytest.mark.slow
 
 TABLES = ("bars", "features")
-OFFLINE = ("market_features", "garch_features", "lstm_window")
+OFFLINE = ("market_features", "garch_features", "option_features", "lstm_window")
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -168,7 +168,8 @@ def test_sigkill_mid_write_leaves_no_partial_output_and_retry_converges(tmp_path
     ref_log, log = tmp_path / "clean.log", tmp_path / "killed.log"
     # The never-killed run, in parallel with the killed one (its own home).
     ref = _start(
-        ref_home, ref_log, "ingest", "build_features", "refit_garch", "build_feature_tables"
+        ref_home, ref_log, "ingest", "build_features", "refit_garch", "price_options",
+        "build_feature_tables",
     )
     bars_dir, features_dir = home / "lake" / "bars", home / "lake" / "features"
     seen: list[dict[str, str]] = []  # what readers could see after each kill
@@ -205,9 +206,10 @@ def test_sigkill_mid_write_leaves_no_partial_output_and_retry_converges(tmp_path
     assert _digest(retried) == _digest(ref_tables), sorted(set(retried) ^ set(ref_tables))
     assert _temps(home / "lake") == []  # the retries cleaned up after the killed writers
 
-    # build_feature_tables (offline store): same GARCH input as the clean run, then kill it
+    # build_feature_tables (offline store): same GARCH and option input as the clean run; kill it
     # while the first table's temporary file is being written and while the last one is.
-    shutil.copytree(ref_home / "lake" / "garch", home / "lake" / "garch")
+    for table in ("garch", "options"):
+        shutil.copytree(ref_home / "lake" / table, home / "lake" / table)
     offline = home / "offline"
     ref_offline = _visible(ref_home / "offline")
     assert sorted(ref_offline) == sorted(f"{v}.parquet" for v in OFFLINE)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -201,6 +202,49 @@ def test_risk_and_paper_orders_within_limits(cycle: tuple[dict[str, str], Path, 
     assert [r["session"] for r in records] == [SESSION.isoformat()]
     assert records[0]["model_version"] == sized["model_version"]
     assert "paper orders     3 orders" in out and "risk             " in out
+
+
+def test_light_stage_prices_straddles_and_calibrates_the_ingested_chain(
+    cycle: tuple[dict[str, str], Path, str],
+) -> None:
+    from pipelines import lake
+    from tests.integration.conftest import CHAIN, CHAIN_HESTON
+
+    _, home, out = cycle
+    record = json.loads((home / "runs" / f"session={SESSION.isoformat()}" / "options.json")
+                        .read_text())
+    # the 30-day rate of 2017-12-29: the December 2017 T-bill rate (Fama-French), dated
+    # 2017-11-30, strictly before the session
+    assert record["rate"]["source"] == "fama-french"
+    assert record["rate"]["curve_date"] == "2017-11-30"
+    assert 0.005 < record["rate"]["rate"] < 0.02
+    options = lake.read_table(home / "lake", "options", start=SESSION, end=SESSION)
+    assert sorted(options["symbol"]) == sorted(SMALL_UNIVERSE)
+    garch = lake.read_table(home / "lake", "garch", start=SESSION, end=SESSION)
+    joined = options.merge(garch, on=["symbol", "session"])
+    # the same total variance over 21 sessions and over 30 calendar days
+    np.testing.assert_allclose(joined["garch_iv_30d"],
+                               joined["garch_vol_30d"] * np.sqrt(21 / 252 * 365 / 30))
+    # an ATM straddle is worth about 0.8 sigma sqrt(T) of the spot
+    approx = 0.7979 * joined["garch_iv_30d"] * np.sqrt(30 / 365)
+    np.testing.assert_allclose(joined["straddle_30d"], approx, rtol=0.01)
+    # history: every session with a GARCH term forecast (after the first fit's 250 returns)
+    # is priced: the packaged rates cover them
+    history = lake.read_table(home / "lake", "options", end=SESSION)
+    forecast = history["garch_iv_30d"].notna()
+    assert forecast.sum() > 1000 and history.loc[forecast, "straddle_30d"].notna().all()
+    # the ingested SPY chain: surface and Heston calibration recovering its parameters
+    heston = lake.read_table(home / "lake", "heston", start=SESSION, end=SESSION)
+    assert list(heston["symbol"]) == ["SPY"] and bool(heston["converged"].iloc[0])
+    for name in ("v0", "kappa", "theta", "sigma", "rho"):
+        assert heston[name].iloc[0] == pytest.approx(getattr(CHAIN_HESTON, name), rel=1e-3), name
+    surface = lake.read_table(home / "lake", "iv_surface", start=SESSION, end=SESSION)
+    assert len(surface) == len(CHAIN) and surface["iv"].between(0.05, 0.5).all()
+    assert record["chains"]["chains"] == 1
+    # the features are served online from the option_features view
+    offline = pd.read_parquet(home / "offline" / "option_features.parquet")
+    assert set(offline.columns) >= {"garch_iv_30d", "straddle_30d", "rate_30d"}
+    assert "options          " in out
 
 
 def test_second_run_reuses_state_and_changes_nothing(

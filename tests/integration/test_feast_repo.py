@@ -29,7 +29,7 @@ from pipelines import feature_store as fs
 from pipelines.settings import Settings
 from tests.feast_tables import offline_tables, restored_environ
 
-VIEWS = ("market_features", "garch_features", "lstm_window")
+VIEWS = ("market_features", "garch_features", "lstm_window", "option_features")
 LOOKBACK = 4
 PG_ADMIN_URL = os.environ.get(
     "AFTERBELL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -208,7 +208,7 @@ def test_feast_plan_apply_materialize_online_production(
     report = fs.materialize(settings, start, end)
     assert report.profile == "production"
     assert dict(report.rows) == {v: len(with_data) for v in VIEWS}
-    assert report.total_rows == 3 * len(with_data) and report.rows_per_second > 0
+    assert report.total_rows == len(VIEWS) * len(with_data) and report.rows_per_second > 0
     keys = redis_space.keys()
     assert len(keys) == len(with_data)  # one hash per symbol, every view's fields in it
     for view in VIEWS:  # a timestamp field per view and symbol: what the report counted

@@ -40,6 +40,7 @@ NIGHTLY_ORDER = (
     "light_training.window",
     "light_training.refit_garch",
     "light_training.recalibrate_risk",
+    "light_training.price_options",
     "data_processing.window",
     "data_processing.build_feature_tables",
     "data_processing.materialize",

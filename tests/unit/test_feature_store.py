@@ -99,6 +99,7 @@ def test_apply_is_idempotent(ctx: Ctx) -> None:
         "garch_features",
         "lstm_window",
         "market_features",
+        "option_features",
     ]
     assert sorted(s.name for s in feast_store.list_feature_services()) == [
         "garch_lstm_v1", "garch_lstm_v2"
@@ -186,17 +187,19 @@ def test_historical_join_by_feature_service(
 def test_feast_cli_lists_the_views(ctx: Ctx) -> None:
     out, err = ctx.cli.communicate(timeout=120)
     assert ctx.cli.returncode == 0, err
-    for view in ("market_features", "garch_features", "lstm_window"):
+    for view in fs.VIEW_COLUMNS:
         assert view in out
 
 
 def test_materialize_reports_rows_per_view(ctx: Ctx) -> None:
     report = ctx.report
     assert report.profile == "embedded"
-    assert report.views == ("market_features", "garch_features", "lstm_window")
+    assert report.views == (
+        "market_features", "garch_features", "lstm_window", "option_features"
+    )
     # the latest row of each symbol with data in the interval; SPX has none
     assert dict(report.rows) == dict.fromkeys(report.views, len(WITH_DATA))
-    assert report.total_rows == 3 * len(WITH_DATA)
+    assert report.total_rows == 4 * len(WITH_DATA)
     assert report.seconds > 0 and report.rows_per_second == report.total_rows / report.seconds
     first = ctx.tables["market_features"]["event_timestamp"].min().to_pydatetime()
     empty = fs.materialize(ctx.settings, first - timedelta(days=30), first - timedelta(days=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,12 @@ from models.garch import (
     fit_garch,
     rolling_garch_features,
 )
+
+
+def _analytic(feats: pd.DataFrame) -> pd.DataFrame:
+    """The features without ``garch_vol_30d`` where it is all NaN (EGARCH: not simulated)."""
+    return feats.drop(columns="garch_vol_30d") if feats["garch_vol_30d"].isna().all() else feats
+
 
 TRUE_PARAMS = {"mu": 0.05, "omega": 0.05, "alpha[1]": 0.08, "beta[1]": 0.90, "nu": 7.0}
 
@@ -76,7 +83,33 @@ def test_specs_fit_without_leaking_warnings(
     assert len(fit.params) == n_params
     if vol == "GJR":
         assert "gamma[1]" in fit.params
+    term = feats.pop("garch_vol_30d")
     assert np.isfinite(feats.to_numpy()).all()
+    # the 21-session term vol is analytic for GARCH and GJR; EGARCH's is not simulated
+    assert term.isna().all() if vol == "EGARCH" else np.isfinite(term.to_numpy()).all()
+
+
+def test_term_vol_is_the_21_session_forecast(sp500: pd.Series) -> None:
+    """``garch_vol_30d`` is the GARCH(1,1) forecast over 21 sessions: the closed form
+    ``mean_h [s2 + (a + b)^(h-1) (sigma2_{t+1} - s2)]`` from the one-step variance, and the same
+    as ``garch_forecast`` of a 21-session spec fitted to the same returns."""
+    fit = fit_garch(sp500, GarchSpec(horizon=1))
+    feats = filter_garch(sp500, fit)
+    p = fit.params
+    phi = p["alpha[1]"] + p["beta[1]"]
+    s2 = p["omega"] / (1.0 - phi)
+    one = (feats["garch_forecast"].to_numpy() * 100.0) ** 2 / 252  # sigma2_{t+1}, percent^2
+    path = s2 + np.power(phi, np.arange(21))[None, :] * (one[:, None] - s2)
+    expected = np.sqrt(252 * path.mean(axis=1)) / 100.0
+    np.testing.assert_allclose(feats["garch_vol_30d"].to_numpy(), expected, rtol=1e-9)
+    long = filter_garch(sp500, replace(fit, spec=GarchSpec(horizon=21)))
+    np.testing.assert_allclose(long["garch_forecast"], feats["garch_vol_30d"], rtol=1e-12)
+    np.testing.assert_allclose(long["garch_vol_30d"], feats["garch_vol_30d"], rtol=1e-12)
+    # mean reversion: the 21-session vol lies between the next session's and the long run's
+    long_run = np.sqrt(252 * s2) / 100.0
+    lo = np.minimum(feats["garch_forecast"], long_run) - 1e-12
+    hi = np.maximum(feats["garch_forecast"], long_run) + 1e-12
+    assert ((feats["garch_vol_30d"] >= lo) & (feats["garch_vol_30d"] <= hi)).all()
 
 
 def test_filter_garch_matches_arch_and_is_causal(sp500: pd.Series) -> None:
@@ -178,7 +211,7 @@ def test_egarch_simulated_forecast_is_deterministic(sp500: pd.Series) -> None:
     fit = fit_garch(sp500.iloc[-600:], GarchSpec(vol="EGARCH", dist="normal"))
     first = filter_garch(sp500.iloc[-400:], fit)
     pd.testing.assert_frame_equal(first, filter_garch(sp500.iloc[-400:], fit))
-    assert np.isfinite(first.to_numpy()).all()
+    assert np.isfinite(_analytic(first).to_numpy()).all()
 
 
 # ------------------------------------------------------------------ families and warm starts
@@ -208,7 +241,7 @@ def test_every_family_fits_and_filters(spx_replay: pd.Series, vol: str, dist: st
     assert len(fit.params) == 4 + (vol == "GJR") + {"normal": 0, "t": 1, "skewt": 2}[dist]
     feats = filter_garch(spx_replay, fit)
     assert list(feats.columns) == list(GARCH_FEATURE_COLUMNS)
-    assert np.isfinite(feats.to_numpy()).all()
+    assert np.isfinite(_analytic(feats).to_numpy()).all()
     assert ((feats["garch_vol"] > 0.01) & (feats["garch_vol"] < 2.0)).all()
     # EGARCH's multi-step forecast is simulated; with fat-tailed errors a few paths can explode.
     assert (feats["garch_forecast"] > 0.01).all()
@@ -365,7 +398,7 @@ def test_egarch_fit_is_invertible_and_rolling_features_stay_sane(wmt_1999: pd.Se
     assert 0.0 <= fit.params["beta[1]"] < 1.0
     feats = rolling_garch_features(wmt_1999, spec, refit_every=63, min_obs=250).iloc[250:]
     assert len(feats) == len(wmt_1999) - 250
-    assert np.isfinite(feats.to_numpy()).all()
+    assert np.isfinite(_analytic(feats).to_numpy()).all()
     assert ((feats["garch_vol"] > 0.05) & (feats["garch_vol"] < 1.0)).all()
     assert ((feats["garch_forecast"] > 0.05) & (feats["garch_forecast"] < 1.0)).all()
     assert (feats["garch_std_resid"].abs() < 15.0).all()
@@ -398,7 +431,7 @@ def test_explosive_egarch_forecast_is_finite_and_capped(
     with caplog.at_level("WARNING", logger="afterbell.garch"), warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no overflow inside the simulation
         feats = filter_garch(wmt_1999.iloc[:120], GarchFit(spec, params, 0.0, 0, False), name="WMT")
-    assert np.isfinite(feats.to_numpy()).all()
+    assert np.isfinite(_analytic(feats).to_numpy()).all()
     assert (feats["garch_forecast"] <= MAX_ANNUAL_VOL).all()
     assert (feats["garch_forecast"] == MAX_ANNUAL_VOL).any()
     assert "WMT" in caplog.text and "capped" in caplog.text

@@ -38,7 +38,11 @@ EXTRA_SESSIONS: tuple[date, ...] = tuple(sessions_between("2018-01-02", "2018-02
 HORIZON, REFIT_EVERY, MIN_OBS, LOOKBACK = 5, 60, 100, 10
 #: ``t`` leaves room for GARCH rows and windows before it and for sessions after it.
 T_FIRST, T_LAST = MIN_OBS + LOOKBACK + 5, len(SESSIONS) - 15
-VIEWS: tuple[fs.ViewName, ...] = ("market_features", "garch_features", "lstm_window")
+VIEWS: tuple[fs.ViewName, ...] = (
+    "market_features", "garch_features", "lstm_window", "option_features"
+)
+#: A lake without ingested Treasury curves: the straddles use the packaged T-bill rates.
+NO_CURVES = Path(__file__).resolve().parent / "no-such-lake"
 ENV_KEYS = ("AFTERBELL_HOME", "AFTERBELL_FEAST_REGISTRY_URL", "AFTERBELL_REDIS_URL")
 
 
@@ -70,14 +74,19 @@ def _garch_table(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def _view_tables(bars: pd.DataFrame, vix: pd.Series) -> dict[fs.ViewName, pd.DataFrame]:
-    """Offline tables of the three views from canonical bars and VIX closes (close analysis ->
+    """Offline tables of the four views from canonical bars and VIX closes (close analysis ->
     light training -> data processing, as in :mod:`pipelines.stages`)."""
     from pipelines.features import build_windows, compute_features
+    from pipelines.rates import rates_for
+    from pipelines.stages import option_rows
 
     features = compute_features(bars, vix=vix)
     garch = _garch_table(features)
     windows = build_windows(features, garch, LOOKBACK, WINDOW_COLUMNS)
-    return {"market_features": features, "garch_features": garch, "lstm_window": windows}
+    sessions = sorted({t.date() for t in garch["session"]})
+    options = option_rows(garch, rates_for(NO_CURVES, sessions))
+    return {"market_features": features, "garch_features": garch, "lstm_window": windows,
+            "option_features": options}
 
 
 def _write_store(home: Path, tables: Mapping[fs.ViewName, pd.DataFrame]) -> Settings:

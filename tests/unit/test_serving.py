@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from pipelines import feature_store as fs
 from pipelines import serving
-from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS
+from pipelines.schema import FEATURE_COLUMNS, GARCH_COLUMNS, OPTION_COLUMNS
 from pipelines.settings import WINDOW_COLUMNS, Settings
 
 SYMBOLS = ("AAPL", "MSFT", "SPX")
@@ -69,6 +69,9 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
     fs.write_offline_table(settings, "lstm_window", window)
     fs.write_offline_table(
         settings, "garch_features", base.assign(**{c: 0.2 for c in GARCH_COLUMNS})
+    )
+    fs.write_offline_table(
+        settings, "option_features", base.assign(**{c: 0.03 for c in OPTION_COLUMNS})
     )
     fs.write_offline_table(
         settings, "market_features", base.assign(**{c: 0.1 for c in FEATURE_COLUMNS})
