@@ -318,7 +318,7 @@ def summary_text(settings: Settings, session: str, *, serve: bool) -> str:
         from pipelines.live import free_port, query_all, running_server
 
         with running_server(settings, "127.0.0.1", free_port()) as base:
-            answers = query_all(base, list(settings.universe))
+            answers = query_all(base, list(settings.universe), settings.serve_token)
         served = {k: v for k, v in answers["predictions"].items() if "forecast" in v}
         lines.append(f"served           {len(served)}/{len(settings.universe)} symbols answered "
                      "GET /predict/{symbol}, e.g.:")

@@ -533,7 +533,8 @@ def online_features(
     if not symbols:
         return {}
     fs = store if store is not None else get_store(settings)
-    refs: Any = list(features) if features is not None else fs.get_feature_service(service)
+    refs: Any = (list(features) if features is not None
+                 else fs.get_feature_service(service, allow_cache=True))
     response = fs.get_online_features(
         features=refs,
         entity_rows=[{ENTITY_KEY: s} for s in symbols],

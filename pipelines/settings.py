@@ -18,6 +18,10 @@ Environment knobs (all optional)::
     AFTERBELL_SEED            global seed                                             (7)
     AFTERBELL_MLFLOW_URI      MLflow tracking URI     (sqlite:///$AFTERBELL_HOME/mlflow/mlflow.db)
     AFTERBELL_SERVE_HOST, AFTERBELL_SERVE_PORT                           (127.0.0.1, 8000)
+    AFTERBELL_SERVE_TOKEN     bearer token the serving app requires (never logged)     (none)
+    AFTERBELL_SERVE_POLL_SECONDS   period of the serving app's champion alias polling  (10)
+    AFTERBELL_SERVE_MAX_BATCH most symbols one ``POST /predict`` may ask for           (100)
+    AFTERBELL_SERVE_SECONDS   serve for at most this many seconds (a shortened session) (none)
     AFTERBELL_MAX_TRAIN_ROWS  cap on training windows, most recent kept (0: none)     (0)
     AFTERBELL_OPTUNA_STORAGE  Optuna storage URL (sqlite:///$AFTERBELL_HOME/optuna/optuna.db)
     AFTERBELL_FEAST_REGISTRY_URL   Feast SQL registry of the production profile (SQLAlchemy URL)
@@ -29,12 +33,14 @@ Environment knobs (all optional)::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
+from typing import overload
 
 #: Root of the checkout (the folder holding ``dags/``, ``feature_repo/``, ``pipelines/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -159,10 +165,24 @@ class Settings:
     mlflow_uri: str = ""
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
+    #: Bearer token the serving app requires on every route but ``/health`` and ``/metrics``
+    #: (None: no auth). Kept out of ``repr`` so that it never reaches a log.
+    serve_token: str | None = field(default=None, repr=False)
+    #: Seconds between two resolutions of the ``champion`` alias by the serving app: a promotion
+    #: is served within this period plus the model's load time (at most 20 s, so within 30 s).
+    serve_poll_seconds: float = 10.0
+    #: Most symbols one ``POST /predict`` may ask for.
+    serve_max_batch: int = 100
+    #: Serve for at most this many seconds (None: until the session's close); also runs the
+    #: service for this long when the session is already over (``airflow dags test``).
+    serve_seconds: float | None = None
     #: SQLAlchemy URL of Feast's SQL registry (production profile only).
     feast_registry_url: str = DEFAULT_FEAST_REGISTRY_URL
     #: Feast Redis connection string ``host:port[,db=N][,password=...]`` (production only).
     redis_url: str = DEFAULT_REDIS_URL
+
+    def __post_init__(self) -> None:
+        _check_serving(self)
 
     @property
     def label_horizon(self) -> int:
@@ -289,6 +309,10 @@ class Settings:
             mlflow_uri=env.get("AFTERBELL_MLFLOW_URI", ""),
             serve_host=env.get("AFTERBELL_SERVE_HOST", "127.0.0.1"),
             serve_port=_int(env, "AFTERBELL_SERVE_PORT", 8000),
+            serve_token=(env.get("AFTERBELL_SERVE_TOKEN") or "").strip() or None,
+            serve_poll_seconds=_float(env, "AFTERBELL_SERVE_POLL_SECONDS", 10.0),
+            serve_max_batch=_int(env, "AFTERBELL_SERVE_MAX_BATCH", 100),
+            serve_seconds=_float(env, "AFTERBELL_SERVE_SECONDS", None),
             feast_registry_url=env.get("AFTERBELL_FEAST_REGISTRY_URL")
             or DEFAULT_FEAST_REGISTRY_URL,
             redis_url=env.get("AFTERBELL_REDIS_URL") or DEFAULT_REDIS_URL,
@@ -303,3 +327,56 @@ def _int(env: dict[str, str], key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"{key} must be an integer, got {raw!r}") from None
+
+
+#: Longest champion polling period: a promotion must be served within 30 s, and loading the new
+#: version takes some of them.
+MAX_SERVE_POLL_SECONDS = 20.0
+
+
+def _check_serving(s: Settings) -> None:
+    """Refuse serving settings the app cannot honour, naming the field and its variable."""
+    if not 0 < s.serve_poll_seconds <= MAX_SERVE_POLL_SECONDS:
+        raise ValueError(
+            f"serve_poll_seconds (AFTERBELL_SERVE_POLL_SECONDS) must be > 0 and <= "
+            f"{MAX_SERVE_POLL_SECONDS:g} (a promotion is served within 30 s), "
+            f"got {s.serve_poll_seconds!r}"
+        )
+    if not 1 <= s.serve_max_batch <= 10_000:
+        raise ValueError(
+            "serve_max_batch (AFTERBELL_SERVE_MAX_BATCH) must be between 1 and 10000, "
+            f"got {s.serve_max_batch!r}"
+        )
+    if s.serve_seconds is not None and not s.serve_seconds > 0:
+        raise ValueError(
+            f"serve_seconds (AFTERBELL_SERVE_SECONDS) must be > 0, got {s.serve_seconds!r}"
+        )
+    if s.serve_token is not None and (
+        not s.serve_token or any(c.isspace() or not c.isprintable() for c in s.serve_token)
+    ):
+        # the value itself is not repeated: it is a secret
+        raise ValueError(
+            "serve_token (AFTERBELL_SERVE_TOKEN) must be non-empty printable text without "
+            "whitespace"
+        )
+    if not 0 < s.serve_port < 65536:
+        raise ValueError(
+            f"serve_port (AFTERBELL_SERVE_PORT) must be between 1 and 65535, got {s.serve_port!r}"
+        )
+
+
+@overload
+def _float(env: dict[str, str], key: str, default: float) -> float: ...
+@overload
+def _float(env: dict[str, str], key: str, default: None) -> float | None: ...
+def _float(env: dict[str, str], key: str, default: float | None) -> float | None:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {raw!r}")
+    return value

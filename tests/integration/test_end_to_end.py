@@ -165,19 +165,66 @@ def test_bad_file_is_rejected_and_quarantined(
     assert kept and kept[0].read_bytes() == bad.read_bytes()
 
 
-def test_live_serving_dag_smoke_serves_the_champion(
+def test_live_serving_dag_serves_the_champion_for_a_shortened_session(
     cycle: tuple[dict[str, str], Path, str],
 ) -> None:
+    """``airflow dags test live_serving`` with ``AFTERBELL_SERVE_SECONDS``: the task really runs
+    the service (with a bearer token) for that long although the session is over, answers GET
+    and POST meanwhile, stops it, and logs the versions served and the request counts."""
+    import threading
+    import time
+
+    import httpx
+
+    from pipelines.live import free_port
+
     env, _home, _ = cycle
-    proc = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from pipelines.airflow_env import dags_test; "
-         "from pipelines.settings import Settings; "
-         f"sys.exit(dags_test(Settings.from_env(), 'live_serving', '{SESSION.isoformat()}'))"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    port, token, seconds = free_port(), "e2e-serving-token", 6
+    env = {**env, "AFTERBELL_SERVE_PORT": str(port), "AFTERBELL_SERVE_SECONDS": str(seconds),
+           "AFTERBELL_SERVE_TOKEN": token}
+    answers: list[httpx.Response] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        while not stop.is_set():
+            try:
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5,
+                                  headers=headers) as c:
+                    answers.append(c.get(f"/predict/{SMALL_UNIVERSE[0]}"))
+                    answers.append(c.post("/predict", json={"symbols": list(SMALL_UNIVERSE)}))
+                    answers.append(httpx.get(f"http://127.0.0.1:{port}/predict/SPX", timeout=5))
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; from pipelines.airflow_env import dags_test; "
+             "from pipelines.settings import Settings; "
+             f"sys.exit(dags_test(Settings.from_env(), 'live_serving', '{SESSION.isoformat()}'))"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        stop.set()
+        asker.join(timeout=10)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
     assert "live_serving" in proc.stdout and "success" in proc.stdout
+    assert time.monotonic() - started >= seconds
+    assert [a.status_code for a in answers] == [200, 200, 401], [a.text for a in answers]
+    version = answers[0].json()["model"]["version"]
+    assert [p["symbol"] for p in answers[1].json()["predictions"]] == list(SMALL_UNIVERSE)
+    with pytest.raises(httpx.ConnectError):  # stopped with the task
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    stopped = [ln for ln in out.splitlines() if "live serving stopped after" in ln]
+    assert stopped, out[-4000:]
+    assert f"versions served [v{version} since" in stopped[-1] and "200: 2" in stopped[-1]
+    assert token not in out
 
 
 def test_risk_and_paper_orders_within_limits(cycle: tuple[dict[str, str], Path, str]) -> None:
