@@ -704,7 +704,7 @@ def price_options(session: str, settings: Settings | None = None) -> Summary:
     wanted = _to_write(s, "options", d, sorted({t.date() for t in garch["session"]}))
     garch = garch[garch["session"].dt.date.isin(wanted)]
     sessions = sorted({t.date() for t in garch["session"]})
-    rates.rate_at(s.lake_dir, d, days=OPTION_DAYS)  # the session's own rate, or a clear error
+    quote = rates.rate_at(s.lake_dir, d, days=OPTION_DAYS)  # the session's, or a clear error
     out = option_rows(garch, rates.rates_for(s.lake_dir, sessions, days=OPTION_DAYS))
     lake.write_partitions(s.lake_dir, "options", out)
     unpriced = out.loc[out["straddle_30d"].isna() & out["garch_iv_30d"].notna(), "session"]
@@ -712,7 +712,6 @@ def price_options(session: str, settings: Settings | None = None) -> Summary:
         log.warning("options %s: %d history row(s) without a fresh 30-day rate left unpriced "
                     "(first %s)", d, len(unpriced), unpriced.min().date())
     today = out[out["session"] == pd.Timestamp(d)].set_index("symbol").sort_index()
-    quote = rates.rate_at(s.lake_dir, d, days=OPTION_DAYS)
     chains = calibrate_session(s.lake_dir, d)
     log.info("options %s: %d straddles at rate %.4f (%s, curve %s); %d rows written", d,
              int(today["straddle_30d"].notna().sum()), quote.rate, quote.source,
