@@ -1,0 +1,149 @@
+"""Synthetic universes (pipelines.synthetic): shape, OHLCV consistency, listings, the GARCH-t
+and correlation structure they claim (checked with arch), and the bar quality suite."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from arch import arch_model
+
+from pipelines import calendar
+from pipelines.quality import validate_bars
+from pipelines.schema import BAR_COLUMNS
+from pipelines.synthetic import UniverseSpec, listings, make_universe
+
+
+@pytest.fixture(scope="module")
+def universe() -> tuple[UniverseSpec, pd.DataFrame, pd.DataFrame]:
+    spec = UniverseSpec(symbols=40, years=4, late_listing=0.25, early_delisting=0.15, seed=3)
+    bars, params = make_universe(spec)
+    return spec, bars, params
+
+
+def test_canonical_bars_sorted_unique_on_nyse_sessions(
+    universe: tuple[UniverseSpec, pd.DataFrame, pd.DataFrame],
+) -> None:
+    spec, bars, _ = universe
+    assert tuple(bars.columns) == BAR_COLUMNS
+    assert str(bars["session"].dtype) == "datetime64[ns]"
+    assert all(str(bars[c].dtype) == "float64" for c in BAR_COLUMNS[2:])
+    assert not bars.duplicated(["symbol", "session"]).any()
+    assert bars.equals(bars.sort_values(["session", "symbol"], kind="stable")
+                       .reset_index(drop=True))
+    sessions = set(pd.to_datetime(spec.sessions()))
+    assert set(bars["session"]) == sessions
+    assert min(sessions).date() > date(2014, 12, 31) and max(sessions).date() == date(2018, 12, 31)
+    assert all(calendar.is_session(d.date()) for d in sorted(sessions)[:5])
+    assert sorted(bars["symbol"].unique()) == list(spec.names)
+
+
+def test_ohlc_consistent_positive_and_volume_positive(
+    universe: tuple[UniverseSpec, pd.DataFrame, pd.DataFrame],
+) -> None:
+    _, bars, _ = universe
+    assert (bars[["open", "high", "low", "close", "volume"]] > 0).all().all()
+    assert (bars["high"] >= bars[["open", "close"]].max(axis=1)).all()
+    assert (bars["low"] <= bars[["open", "close"]].min(axis=1)).all()
+    assert (bars["adj_close"] == bars["close"]).all()
+    # prices on the tick: cents from a dollar
+    dollar = bars["close"] >= 1
+    assert np.allclose(bars.loc[dollar, "close"] * 100, np.round(bars.loc[dollar, "close"] * 100))
+    # bars have a range: high > low on almost every day
+    assert (bars["high"] > bars["low"]).mean() > 0.99
+
+
+def test_listing_gaps_match_the_listings(
+    universe: tuple[UniverseSpec, pd.DataFrame, pd.DataFrame],
+) -> None:
+    spec, bars, params = universe
+    ranges = listings(params)
+    sessions = spec.sessions()
+    late = [s for s, (first, _) in ranges.items() if first > sessions[0]]
+    early = [s for s, (_, last) in ranges.items() if last < sessions[-1]]
+    assert late and early, "the spec asks for IPOs and delistings"
+    by_symbol = bars.groupby("symbol")["session"]
+    for sym, (first, last) in ranges.items():
+        got = by_symbol.get_group(sym)
+        assert got.min().date() == first and got.max().date() == last
+        # no hole inside a listing: every session between first and last has a bar
+        assert len(got) == len(calendar.sessions_between(first, last))
+        assert len(got) >= 252
+
+
+def test_same_seed_same_universe_other_seed_other_universe() -> None:
+    spec = UniverseSpec(symbols=5, years=1, seed=11)
+    a, pa = make_universe(spec)
+    b, pb = make_universe(spec)
+    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(pa, pb)
+    c, _ = make_universe(UniverseSpec(symbols=5, years=1, seed=12))
+    assert not np.allclose(a["close"], c["close"])
+
+
+def test_idiosyncratic_garch_t_parameters_are_recovered_by_arch() -> None:
+    """With no market factor and no listing gaps, each symbol is a pure GARCH(1,1)-t: arch's
+    maximum likelihood on 28 years recovers the drawn persistence, alpha and nu."""
+    spec = UniverseSpec(symbols=3, years=28, market_loading=(1e-9, 1e-9), late_listing=0.0,
+                        early_delisting=0.0, annual_vol=(0.3, 0.3), nu=(6.0, 6.0), seed=5)
+    bars, params = make_universe(spec)
+    wide = bars.pivot(index="session", columns="symbol", values="close")
+    rets = np.log(wide).diff().dropna()
+    ratios = []
+    for row in params.itertuples(index=False):
+        res = arch_model(100 * rets[row.symbol], mean="Constant", vol="GARCH", p=1, q=1,
+                         dist="t").fit(disp="off")
+        est = res.params
+        assert abs(est["alpha[1]"] + est["beta[1]"] - (row.alpha + row.beta)) < 0.02, est
+        assert abs(est["alpha[1]"] - row.alpha) < 0.03, est
+        assert abs(est["nu"] - row.nu) < 2.0, est
+        ratios.append(rets[row.symbol].var() / (row.omega / (1 - row.alpha - row.beta)))
+    # the long-run variance: a GARCH-t this persistent has no fourth moment, so one symbol's
+    # sample variance over 28 years is off by up to ~40%; the mean over the three is tighter
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.25), ratios
+
+
+def test_cross_sectional_correlation_follows_the_market_betas() -> None:
+    spec = UniverseSpec(symbols=30, years=10, late_listing=0.0, early_delisting=0.0, seed=9)
+    bars, params = make_universe(spec)
+    rets = np.log(bars.pivot(index="session", columns="symbol", values="close")).diff().dropna()
+    corr = rets.corr().to_numpy()
+    upper = np.triu_indices(len(corr), 1)
+    b = params["loading"].to_numpy()
+    m_var = spec.market[3] ** 2
+    total = np.sqrt(b**2 * m_var + params["omega"].to_numpy() * 252
+                    / (1 - params["alpha"] - params["beta"]).to_numpy())
+    implied = np.outer(b, b) * m_var / np.outer(total, total)
+    assert 0.1 < corr[upper].mean() < 0.6
+    assert abs(corr[upper].mean() - implied[upper].mean()) < 0.08
+    assert np.corrcoef(corr[upper], implied[upper])[0, 1] > 0.5
+    # volatility clusters across the market: squared returns are autocorrelated
+    sq = (rets**2).mean(axis=1)
+    assert sq.autocorr(1) > 0.1
+
+
+def test_the_bar_quality_suite_accepts_a_synthetic_universe(tmp_path: Path) -> None:
+    bars, params = make_universe(UniverseSpec(symbols=8, years=1, late_listing=0.5, seed=2))
+    summary = validate_bars(bars, tmp_path / "reports", label="synthetic", build_docs=False,
+                            expected=listings(params))
+    assert summary.success, summary
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"symbols": 0}, "symbols and years must be positive"),
+        ({"annual_vol": (0.5, 0.2)}, "annual_vol must be a range"),
+        ({"alpha": (0.03, 0.95)}, "need alpha < persistence < 1"),
+        ({"nu": (2.0, 5.0)}, "degrees of freedom must exceed 2"),
+        ({"market": (0.5, 0.6, 6.0, 0.16)}, "market (alpha, beta, nu, annual_vol)"),
+        ({"late_listing": 1.5}, "late_listing must be a share"),
+    ],
+)
+def test_bad_specs_are_refused_with_the_field_named(kwargs: dict[str, object],
+                                                    message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        UniverseSpec(**kwargs)  # type: ignore[arg-type]
