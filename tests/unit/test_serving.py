@@ -229,14 +229,14 @@ def test_batch_is_one_store_read_and_one_predict(
     reads: list[list[str]] = []
     app = serving.create_app(ctx.settings, predictor)
     with _serve(app, ctx.settings) as client:
-        store = app.state.runtime.store
-        real = store.get_online_features
+        online = app.state.runtime.reader._online
+        real = online.online_read
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            reads.append([row["symbol"] for row in kwargs["entity_rows"]])
-            return real(*args, **kwargs)
+        def counted(config: Any, table: Any, keys: Any, features: Any) -> Any:
+            reads.append([k.entity_values[0].string_val for k in keys])
+            return real(config, table, keys, features)
 
-        monkeypatch.setattr(store, "get_online_features", counted)
+        monkeypatch.setattr(online, "online_read", counted)
         resp = client.post("/predict", json={"symbols": ["msft", " AAPL "]})
         single = client.get("/predict/AAPL").json()
     assert resp.status_code == 200, resp.text
@@ -374,6 +374,30 @@ def test_store_without_registry_is_503(ctx: Ctx, tmp_path_factory: pytest.TempPa
     assert health.status_code == 200 and health.json()["status"] == "degraded"
     assert pred.status_code == 503
     assert pred.json()["detail"].startswith("feature store unavailable")
+
+
+def test_online_store_failure_while_serving_is_503_naming_it(
+    ctx: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    app = serving.create_app(ctx.settings, FakePredictor())
+    with _serve(app, ctx.settings) as client:
+        assert client.get("/predict/AAPL").status_code == 200
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(app.state.runtime.reader._online, "online_read", locked)
+        single = client.get("/predict/AAPL")
+        batch = client.post("/predict", json={"symbols": ["AAPL", "MSFT"]})
+        monkeypatch.undo()
+        again = client.get("/predict/AAPL")
+    for resp in (single, batch):
+        assert resp.status_code == 503
+        assert resp.json()["detail"] == ("feature store unavailable: OperationalError: "
+                                         "database is locked")
+    assert again.status_code == 200
 
 
 def test_window_frame_columns() -> None:
@@ -810,8 +834,35 @@ def test_mlflow_predictor_takes_the_fastest_path_that_agrees(python_model: Any,
     assert predictor.input_width == WIDTH
     assert predictor.call_path == path
     frame = serving.window_frame(np.random.default_rng(0).normal(size=(4, WIDTH)))
-    np.testing.assert_allclose(predictor.predict(frame), frame.abs().mean(axis=1).to_numpy(),
+    expected = frame.abs().mean(axis=1).to_numpy()
+    np.testing.assert_allclose(predictor.predict(frame), expected,
                                rtol=1e-6)  # the network path reads float32 windows
+    # the request path hands the windows as an array: same forecasts on every path
+    np.testing.assert_allclose(predictor.predict_array(frame.to_numpy()), expected, rtol=1e-6)
+
+
+def test_direct_online_lookups_equal_the_feast_sdk_read(ctx: Ctx) -> None:
+    """The request path's ``OnlineStore.online_read`` lookups return what Feast's
+    ``get_online_features`` returns: the same windows and asofs, None for a symbol without
+    rows, in the order asked."""
+    store = fs.get_store(ctx.settings)
+    reader = serving._WindowReader(store)
+    features = ("lstm_window:seq", "lstm_window:asof")
+    symbols = ["MSFT", "SPX", "AAPL", "MSFT"]
+    seqs, asofs = reader.read(features, symbols)
+    response = store.get_online_features(features=list(features),
+                                         entity_rows=[{"symbol": s} for s in symbols])
+    sdk_seqs, sdk_asofs = serving._window_columns(response.proto, ("seq", "asof"))
+    assert asofs == sdk_asofs
+    assert asofs[1] is None and seqs[1] is None and sdk_seqs[1] is None
+    for ours, theirs, sym in zip(seqs, sdk_seqs, symbols, strict=True):
+        if sym == "SPX":
+            continue
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+        np.testing.assert_array_equal(np.asarray(ours), _last_row(ctx, sym)["seq"])
+    assert asofs[0] == int(_last_row(ctx, "MSFT")["asof"])
+    reader.forget_views()
+    assert reader.read(features, ["AAPL"])[1] == [int(_last_row(ctx, "AAPL")["asof"])]
 
 
 # ------------------------------------------------------------------------------ settings
