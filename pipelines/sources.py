@@ -14,6 +14,7 @@ Sources:
 
 - :class:`ReplaySource` replays real market data shipped by installed packages (skfolio's S&P 500
   stocks and arch's S&P 500 / NASDAQ composite indices).
+- :class:`SyntheticSource` generates a synthetic universe of any size (scale tests).
 - :class:`FileSource` reads a CSV or Parquet file of bars (a vendor drop).
 - :class:`DropFolderSource` reads a local drop folder of CSV / Parquet files.
 - :class:`S3Source` reads the same layout from an S3 bucket (any S3-compatible endpoint).
@@ -43,6 +44,7 @@ import pandas as pd
 
 from pipelines import calendar, settings
 from pipelines.schema import BAR_COLUMNS
+from pipelines.synthetic import UniverseSpec
 
 #: Columns a bar file must provide; the other canonical columns become NaN when absent.
 REQUIRED_FILE_COLUMNS: tuple[str, ...] = ("symbol", "session", "close")
@@ -246,6 +248,45 @@ class ReplaySource:
         wanted = _session_index(sessions)
         mask = panel["session"].isin(wanted) & panel["symbol"].isin(self._symbols)
         return panel.loc[mask].reset_index(drop=True)
+
+    def listings(self) -> dict[str, tuple[date, date]]:
+        """Each symbol's listing range (see :func:`replay_listings`)."""
+        return replay_listings(self._symbols)
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """Bars of a synthetic universe (:mod:`pipelines.synthetic`), for scale tests and benchmarks.
+
+    Parameters
+    ----------
+    spec : pipelines.synthetic.UniverseSpec
+        The universe: the same spec always gives the same bars (generated once per process).
+    """
+
+    spec: UniverseSpec
+
+    def bars(self, sessions: Sequence[date]) -> pd.DataFrame:
+        """Canonical bars of the universe for the requested sessions (none outside its years)."""
+        panel = _synthetic_panel(self.spec)
+        return panel.loc[panel["session"].isin(_session_index(sessions))].reset_index(drop=True)
+
+    def listings(self) -> dict[str, tuple[date, date]]:
+        """Each symbol's listing range (IPOs and delistings included)."""
+        from pipelines.synthetic import listings
+
+        return listings(_synthetic_universe(self.spec)[1])
+
+
+@lru_cache(maxsize=2)
+def _synthetic_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from pipelines.synthetic import make_universe
+
+    return make_universe(spec)
+
+
+def _synthetic_panel(spec: UniverseSpec) -> pd.DataFrame:
+    return _synthetic_universe(spec)[0]
 
 
 def replay_listings(universe: Sequence[str]) -> dict[str, tuple[date, date]]:

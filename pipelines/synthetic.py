@@ -16,7 +16,10 @@ generates a universe with the properties the pipeline's stages react to, from a 
   prices on the US tick (cents, 1/100 cent below a dollar), so every bar satisfies
   ``low <= open, close <= high``;
 - listing gaps: some symbols list after the first session (IPOs), some stop before the last
-  (delistings); :func:`listings` gives the ranges the data-quality suite expects.
+  (delistings); :func:`listings` gives the ranges the data-quality suite expects;
+- the market index itself (``index_symbol``, default ``SPX``, the pipeline's market symbol):
+  ``mu + f_t``, listed throughout, so market features, betas and the risk stage have their
+  reference.
 
 It is pure (a frame out of a spec) and fast: the GARCH recursions run vectorised over symbols
 (500 symbols x 10 years in well under a second).
@@ -78,6 +81,9 @@ class UniverseSpec:
         Range of the first close (uniform, dollars).
     volume : tuple of float
         Range of the median daily volume (log-uniform, shares).
+    index_symbol : str or None
+        Name of the market index's bars (None: no index). Defaults to the pipeline's market
+        symbol, so that the market features are computed from it.
     """
 
     symbols: int = 50
@@ -96,8 +102,11 @@ class UniverseSpec:
     early_delisting: float = 0.05
     price: tuple[float, float] = (10.0, 300.0)
     volume: tuple[float, float] = (2e5, 2e7)
+    index_symbol: str | None = "SPX"
 
     def __post_init__(self) -> None:
+        if self.index_symbol is not None and self.index_symbol in self.names:
+            raise ValueError(f"index_symbol {self.index_symbol!r} clashes with a stock name")
         if self.symbols < 1 or self.years < 1:
             raise ValueError(f"symbols and years must be positive, got {self.symbols} and "
                              f"{self.years}")
@@ -121,8 +130,13 @@ class UniverseSpec:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The symbols, ``SYN0000`` ... in order."""
+        """The stocks, ``SYN0000`` ... in order."""
         return tuple(f"SYN{i:04d}" for i in range(self.symbols))
+
+    @property
+    def universe(self) -> tuple[str, ...]:
+        """Every symbol of the bars: the stocks, then the index (if any)."""
+        return self.names + ((self.index_symbol,) if self.index_symbol else ())
 
     def sessions(self) -> list[date]:
         """NYSE sessions of the ``years`` calendar years ending on ``end``."""
@@ -200,9 +214,10 @@ def _garch_t(omega: np.ndarray, alpha: np.ndarray, beta: np.ndarray, z: np.ndarr
 
 def simulate_returns(
     spec: UniverseSpec, params: SymbolParams, n_sessions: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Daily log returns, their conditional volatilities ``(n_sessions, symbols)`` and the
-    market return ``(n_sessions,)``; 250 burn-in sessions are simulated and dropped."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Daily log returns and their conditional volatilities ``(n_sessions, symbols)``, the
+    market return and its conditional volatility ``(n_sessions,)``; 250 burn-in sessions are
+    simulated and dropped."""
     burn = 250
     total = n_sessions + burn
     m_alpha, m_beta, m_nu, m_vol = spec.market
@@ -215,7 +230,7 @@ def simulate_returns(
     rets = spec.drift / SESSIONS_PER_YEAR + b * market + idio
     vols = np.sqrt((b * m_sigma) ** 2 + i_sigma**2)
     return (np.clip(rets[burn:], -MAX_ABS_RETURN, MAX_ABS_RETURN), vols[burn:],
-            market[burn:, 0])
+            market[burn:, 0], m_sigma[burn:, 0])
 
 
 def make_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -231,18 +246,32 @@ def make_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     bars : pandas.DataFrame
         :data:`~pipelines.schema.BAR_COLUMNS`, sorted by (session, symbol), one row per symbol
         and session of its listing range; ``adj_close`` equals ``close`` (no corporate actions).
+        The index (``spec.index_symbol``) starts at 1,000.
     params : pandas.DataFrame
-        One row per symbol: ``omega``, ``alpha``, ``beta``, ``nu`` of the idiosyncratic GARCH-t
-        (daily log-return units), ``loading`` (beta to the market), ``first_session``,
+        One row per symbol of :attr:`UniverseSpec.universe`: ``omega``, ``alpha``, ``beta``,
+        ``nu`` of the idiosyncratic GARCH-t (the index: of the market GARCH-t; daily log-return
+        units), ``loading`` (beta to the market; the index 1), ``first_session``,
         ``last_session``.
     """
     rng = np.random.default_rng(spec.seed)
     sessions = spec.sessions()
-    t_n, n = len(sessions), spec.symbols
+    t_n = len(sessions)
     params = draw_params(spec, t_n, rng)
-    rets, vols, _ = simulate_returns(spec, params, t_n, rng)
+    rets, vols, market, m_sigma = simulate_returns(spec, params, t_n, rng)
+    if spec.index_symbol is not None:  # the index: one more column, listed throughout
+        m_alpha, m_beta, m_nu, m_vol = spec.market
+        rets = np.column_stack([rets, spec.drift / SESSIONS_PER_YEAR + market])
+        vols = np.column_stack([vols, m_sigma])
+        params = SymbolParams(
+            *(np.append(a, v) for a, v in (
+                (params.omega, m_vol**2 / SESSIONS_PER_YEAR * (1 - m_alpha - m_beta)),
+                (params.alpha, m_alpha), (params.beta, m_beta), (params.nu, m_nu),
+                (params.loading, 1.0), (params.first, 0), (params.last, t_n - 1))))
+    n = rets.shape[1]
 
-    first_close = rng.uniform(*spec.price, size=n)
+    first_close = np.asarray(rng.uniform(*spec.price, size=n), dtype=np.float64)
+    if spec.index_symbol is not None:
+        first_close[-1] = 1000.0
     close = first_close * np.exp(np.cumsum(rets, axis=0) - rets[0])
     prev_close = np.vstack([first_close * np.exp(-rets[0]), close[:-1]])
     gap_share = rng.uniform(0.1, 0.5, size=(t_n, n))
@@ -258,8 +287,8 @@ def make_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     listed = np.zeros((t_n, n), dtype=bool)
     steps = np.arange(t_n)[:, None]
     listed[(steps >= params.first) & (steps <= params.last)] = True
-    rows, cols = np.nonzero(listed)  # row-major: sorted by session, then symbol
-    names = np.array(spec.names, dtype=object)
+    rows, cols = np.nonzero(listed)  # row-major: by session, then column
+    names = np.array(spec.universe, dtype=object)
     prices = {k: _tick(v[rows, cols]) for k, v in
               (("open", open_), ("high", high), ("low", low), ("close", close))}
     bars = pd.DataFrame({
@@ -273,7 +302,9 @@ def make_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     if (bars[["open", "high", "low", "close"]] <= 0).any().any():
         raise ValueError("a synthetic price reached zero at the tick: raise the price range "
                          "or lower the volatility range")
-    return bars[list(BAR_COLUMNS)], params.frame(spec.names, sessions)
+    if spec.index_symbol is not None:
+        bars = bars.sort_values(["session", "symbol"], kind="stable", ignore_index=True)
+    return bars[list(BAR_COLUMNS)], params.frame(spec.universe, sessions)
 
 
 def _tick(prices: np.ndarray) -> np.ndarray:

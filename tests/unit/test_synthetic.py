@@ -38,7 +38,8 @@ def test_canonical_bars_sorted_unique_on_nyse_sessions(
     assert set(bars["session"]) == sessions
     assert min(sessions).date() > date(2014, 12, 31) and max(sessions).date() == date(2018, 12, 31)
     assert all(calendar.is_session(d.date()) for d in sorted(sessions)[:5])
-    assert sorted(bars["symbol"].unique()) == list(spec.names)
+    assert sorted(bars["symbol"].unique()) == sorted(spec.universe)
+    assert spec.universe == (*spec.names, "SPX")
 
 
 def test_ohlc_consistent_positive_and_volume_positive(
@@ -110,16 +111,21 @@ def test_cross_sectional_correlation_follows_the_market_betas() -> None:
     spec = UniverseSpec(symbols=30, years=10, late_listing=0.0, early_delisting=0.0, seed=9)
     bars, params = make_universe(spec)
     rets = np.log(bars.pivot(index="session", columns="symbol", values="close")).diff().dropna()
+    index = rets.pop("SPX")
+    params = params[params["symbol"] != "SPX"]
     corr = rets.corr().to_numpy()
     upper = np.triu_indices(len(corr), 1)
     b = params["loading"].to_numpy()
-    m_var = spec.market[3] ** 2
-    total = np.sqrt(b**2 * m_var + params["omega"].to_numpy() * 252
-                    / (1 - params["alpha"] - params["beta"]).to_numpy())
-    implied = np.outer(b, b) * m_var / np.outer(total, total)
-    assert 0.1 < corr[upper].mean() < 0.6
-    assert abs(corr[upper].mean() - implied[upper].mean()) < 0.08
-    assert np.corrcoef(corr[upper], implied[upper])[0, 1] > 0.5
+    # one factor: cov(r_i, r_j) = b_i b_j var(f), cov(r_i, f) = b_i var(f) (in the sample, up
+    # to the noise of the idiosyncratic parts)
+    f_sd, sd = index.std(), rets.std().to_numpy()
+    implied = np.outer(b, b) * f_sd**2 / np.outer(sd, sd)
+    assert 0.1 < corr[upper].mean() < 0.7
+    assert abs(corr[upper].mean() - implied[upper].mean()) < 0.05
+    assert np.corrcoef(corr[upper], implied[upper])[0, 1] > 0.8
+    with_index = rets.corrwith(index).to_numpy()
+    assert np.abs(with_index - b * f_sd / sd).mean() < 0.05
+    assert index.std() * np.sqrt(252) == pytest.approx(spec.market[3], rel=0.3)
     # volatility clusters across the market: squared returns are autocorrelated
     sq = (rets**2).mean(axis=1)
     assert sq.autocorr(1) > 0.1
@@ -147,3 +153,19 @@ def test_bad_specs_are_refused_with_the_field_named(kwargs: dict[str, object],
                                                     message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         UniverseSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_synthetic_source_serves_sessions_and_listings_of_its_universe() -> None:
+    from pipelines.sources import SyntheticSource
+
+    spec = UniverseSpec(symbols=6, years=2, late_listing=0.5, seed=4)
+    source = SyntheticSource(spec)
+    bars, params = make_universe(spec)
+    sessions = spec.sessions()
+    wanted = [sessions[0], sessions[100], sessions[-1], date(1999, 1, 4)]
+    got = source.bars(wanted)
+    expected = bars[bars["session"].isin(pd.to_datetime(wanted))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert set(got["session"].dt.date) == set(wanted[:3])  # nothing outside its years
+    assert source.listings() == listings(params)
+    assert set(source.listings()) == set(spec.universe)
