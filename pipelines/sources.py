@@ -277,6 +277,12 @@ class SyntheticSource:
 
         return listings(_synthetic_universe(self.spec)[1])
 
+    def sectors(self) -> dict[str, str]:
+        """Each symbol's (drawn) sector."""
+        from pipelines.synthetic import sectors
+
+        return sectors(_synthetic_universe(self.spec)[1])
+
 
 @lru_cache(maxsize=2)
 def _synthetic_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -38,6 +38,15 @@ from pipelines.schema import BAR_COLUMNS
 
 #: Trading sessions per year (annualisation of the volatility ranges).
 SESSIONS_PER_YEAR = 252
+#: GICS sectors drawn for the stocks (the ``max_sector`` limit of the orders needs one each).
+GICS_SECTORS: tuple[str, ...] = (
+    "Communication Services", "Consumer Discretionary", "Consumer Staples", "Energy",
+    "Financials", "Health Care", "Industrials", "Information Technology", "Materials",
+    "Real Estate", "Utilities",
+)
+#: Sector of the synthetic market index.
+INDEX_SECTOR = "Index: synthetic market"
+
 #: Largest absolute daily log return generated (a limit-up/limit-down day); far beyond any
 #: GARCH-t draw but for a handful of extreme tails, and below a 2:1 split's log(2).
 MAX_ABS_RETURN = 0.25
@@ -156,11 +165,13 @@ class SymbolParams:
     first: np.ndarray
     last: np.ndarray
 
+    sector: np.ndarray
+
     def frame(self, names: tuple[str, ...], sessions: list[date]) -> pd.DataFrame:
-        """One row per symbol: GARCH parameters, loading, listing range."""
+        """One row per symbol: GARCH parameters, loading, sector, listing range."""
         return pd.DataFrame({
             "symbol": names, "omega": self.omega, "alpha": self.alpha, "beta": self.beta,
-            "nu": self.nu, "loading": self.loading,
+            "nu": self.nu, "loading": self.loading, "sector": self.sector,
             "first_session": [sessions[i] for i in self.first],
             "last_session": [sessions[i] for i in self.last],
         })
@@ -194,7 +205,8 @@ def draw_params(spec: UniverseSpec, n_sessions: int, rng: np.random.Generator) -
     short = last - first < SESSIONS_PER_YEAR
     last[short] = np.minimum(first[short] + SESSIONS_PER_YEAR, n_sessions - 1)
     first[short] = np.minimum(first[short], last[short] - SESSIONS_PER_YEAR).clip(min=0)
-    return SymbolParams(omega, alpha, beta, nu, loading, first, last)
+    sector = np.array(GICS_SECTORS, dtype=object)[rng.integers(0, len(GICS_SECTORS), size=n)]
+    return SymbolParams(omega, alpha, beta, nu, loading, first, last, sector)
 
 
 def _garch_t(omega: np.ndarray, alpha: np.ndarray, beta: np.ndarray, z: np.ndarray
@@ -250,8 +262,8 @@ def make_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     params : pandas.DataFrame
         One row per symbol of :attr:`UniverseSpec.universe`: ``omega``, ``alpha``, ``beta``,
         ``nu`` of the idiosyncratic GARCH-t (the index: of the market GARCH-t; daily log-return
-        units), ``loading`` (beta to the market; the index 1), ``first_session``,
-        ``last_session``.
+        units), ``loading`` (beta to the market; the index 1), ``sector`` (a GICS sector
+        drawn uniformly; the index :data:`INDEX_SECTOR`), ``first_session``, ``last_session``.
     """
     rng = np.random.default_rng(spec.seed)
     sessions = spec.sessions()
@@ -266,7 +278,8 @@ def make_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
             *(np.append(a, v) for a, v in (
                 (params.omega, m_vol**2 / SESSIONS_PER_YEAR * (1 - m_alpha - m_beta)),
                 (params.alpha, m_alpha), (params.beta, m_beta), (params.nu, m_nu),
-                (params.loading, 1.0), (params.first, 0), (params.last, t_n - 1))))
+                (params.loading, 1.0), (params.first, 0), (params.last, t_n - 1),
+                (params.sector, INDEX_SECTOR))))
     n = rets.shape[1]
 
     first_close = np.asarray(rng.uniform(*spec.price, size=n), dtype=np.float64)
@@ -311,6 +324,11 @@ def _tick(prices: np.ndarray) -> np.ndarray:
     """Prices on the US tick: cents from one dollar, 1/100 of a cent below (Reg NMS 612).
     Rounding is monotone, so it keeps ``low <= open, close <= high``."""
     return np.where(prices >= 1.0, np.round(prices, 2), np.round(prices, 4))
+
+
+def sectors(params: pd.DataFrame) -> dict[str, str]:
+    """Sector of each symbol of :func:`make_universe`'s parameters (the orders' ``sectors``)."""
+    return dict(zip(params["symbol"].astype(str), params["sector"].astype(str), strict=True))
 
 
 def listings(params: pd.DataFrame) -> dict[str, tuple[date, date]]:

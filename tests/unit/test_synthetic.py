@@ -169,3 +169,6 @@ def test_synthetic_source_serves_sessions_and_listings_of_its_universe() -> None
     assert set(got["session"].dt.date) == set(wanted[:3])  # nothing outside its years
     assert source.listings() == listings(params)
     assert set(source.listings()) == set(spec.universe)
+    sectors = source.sectors()
+    assert sectors["SPX"] == "Index: synthetic market"
+    assert set(sectors) == set(spec.universe) and len(set(sectors.values())) > 2
