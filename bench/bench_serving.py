@@ -143,8 +143,7 @@ def build_home(home: Path, cfg: Config) -> dict[str, Any]:
     x = rng.uniform(0.05, 0.6, size=(1024, width))
     y = rng.uniform(0.1, 0.4, size=(1024, spec.n_outputs))
     fitted = fit_lstm(spec, x[:768], y[:768], x[768:], y[768:], accelerator="cpu")
-    registry.client(settings)  # tracking and registry URIs of the home
-    mlflow.set_experiment("bench_serving")
+    registry.ensure_experiment(settings, "bench_serving")  # artifacts under the home
     tags = {"session": LAST_SESSION, "window_columns": ",".join(WINDOW_COLUMNS),
             "feature_service": SERVICE}
     with mlflow.start_run():

@@ -2,6 +2,14 @@
 
 Aliases (CONTRACT.md): ``challenger`` is the candidate under test, ``champion`` the served model,
 ``previous`` the rollback target. Stages are deprecated in MLflow 3 and never used.
+
+Both profiles take the same path: :func:`client` binds MLflow to
+:attr:`~pipelines.settings.Settings.tracking_uri` (embedded: SQLite in the home; production: the
+tracking server, whose metadata is in PostgreSQL and which proxies artifacts to S3, or a
+``postgresql+psycopg://`` URL directly) and :func:`ensure_experiment` gives new experiments the
+profile's artifact location (:meth:`~pipelines.settings.Settings.artifact_location`: the home's
+folder, an ``s3://`` root, or the tracking server's own). Credentials are never passed here:
+MLflow, boto3 and libpq read them from the environment.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from pipelines.settings import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS,
+    REPO_ROOT,
     Settings,
+    redact_url,
 )
 
 if TYPE_CHECKING:
@@ -46,21 +56,29 @@ def client(settings: Settings) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    if settings.tracking_uri.startswith("sqlite:"):
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
 def ensure_experiment(settings: Settings, name: str) -> str:
-    """Create (once) and select the experiment ``name`` with artifacts under the state dir."""
+    """Create (once) and select the experiment ``name``.
+
+    A new experiment's artifacts go to the profile's location
+    (:meth:`~pipelines.settings.Settings.artifact_location`): the state dir's folder (embedded),
+    ``$AFTERBELL_MLFLOW_ARTIFACTS/<name>`` or the tracking server's default (production).
+    """
     import mlflow
 
     c = client(settings)
     exp = c.get_experiment_by_name(name)
     if exp is None:
-        settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        exp_id = c.create_experiment(name, artifact_location=settings.artifacts_dir.as_uri())
+        location = settings.artifact_location(name)
+        if location is not None and location.startswith("file:"):
+            settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        exp_id = c.create_experiment(name, artifact_location=location)
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
@@ -199,6 +217,63 @@ def load_pyfunc(settings: Settings, ref: ModelRef) -> Any:
     return mlflow.pyfunc.load_model(ref.uri)
 
 
+#: Settings of the MLflow tracking server (``KEY=VALUE`` lines, no secrets).
+SERVER_ENV_FILE = REPO_ROOT / "mlflow" / "server.env"
+
+
+def server_settings(path: Path = SERVER_ENV_FILE) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines of ``mlflow/server.env`` (comments and blank lines skipped)."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def tracking_server_command(
+    *,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    executable: str = "mlflow",
+) -> list[str]:
+    """The ``mlflow server`` command line of the production profile.
+
+    Metadata in ``backend_store_uri`` (PostgreSQL) and artifacts proxied by the server to
+    ``artifacts_destination`` (S3): clients log and load artifacts through the server
+    (``mlflow-artifacts:/``) and need no S3 keys. Defaults come from ``mlflow/server.env``
+    (``MLFLOW_PRODUCTION_BACKEND_STORE_URI``, ``MLFLOW_PRODUCTION_ARTIFACTS_DESTINATION``,
+    ``MLFLOW_HOST`` (127.0.0.1), ``MLFLOW_PORT``, ``MLFLOW_WORKERS``).
+
+    Raises
+    ------
+    ValueError
+        When the backend store URI carries a password: a command line is visible to every
+        user of the machine (``ps``); the server reads it from ``PGPASSWORD`` instead.
+    """
+    conf = server_settings()
+    backend = backend_store_uri or conf["MLFLOW_PRODUCTION_BACKEND_STORE_URI"]
+    if redact_url(backend) != backend:
+        raise ValueError(
+            f"the backend store URI {redact_url(backend)} carries a password: leave it out and "
+            "give the server PGPASSWORD in its environment"
+        )
+    return [
+        executable, "server",
+        "--backend-store-uri", backend,
+        "--artifacts-destination",
+        artifacts_destination or conf["MLFLOW_PRODUCTION_ARTIFACTS_DESTINATION"],
+        "--serve-artifacts",
+        "--host", host or conf.get("MLFLOW_HOST", "127.0.0.1"),
+        "--port", str(port or conf.get("MLFLOW_PORT", "5000")),
+        "--workers", str(workers or conf.get("MLFLOW_WORKERS", "1")),
+    ]  # fmt: skip
+
+
 #: Experiment holding one run per session with the data-quality outcome and its Data Docs pages.
 DATA_QUALITY_EXPERIMENT = "data_quality"
 
@@ -282,8 +357,10 @@ __all__ = [
     "promote",
     "registered_before",
     "rollback",
+    "server_settings",
     "session_run",
     "set_alias",
     "tag_version",
+    "tracking_server_command",
     "version_for_session",
 ]

@@ -16,27 +16,42 @@ Environment knobs (all optional)::
     AFTERBELL_HOLDOUT         out-of-sample sessions used by the validation stage     (250)
     AFTERBELL_GARCH_REFIT     sessions between expanding-window GARCH refits in history (63)
     AFTERBELL_SEED            global seed                                             (7)
-    AFTERBELL_MLFLOW_URI      MLflow tracking URI     (sqlite:///$AFTERBELL_HOME/mlflow/mlflow.db)
+    AFTERBELL_MLFLOW_URI      MLflow tracking URI     (embedded: sqlite:///$AFTERBELL_HOME/mlflow/mlflow.db;
+                              production: http://127.0.0.1:5000, the tracking server)
+    AFTERBELL_MLFLOW_ARTIFACTS  artifact root of new experiments, e.g. ``s3://bucket/mlflow``
+                              (embedded: $AFTERBELL_HOME/mlflow/artifacts; production: the
+                              tracking server's own, its ``--artifacts-destination``; required
+                              when the production tracking URI is a database URL)
     AFTERBELL_SERVE_HOST, AFTERBELL_SERVE_PORT                           (127.0.0.1, 8000)
     AFTERBELL_SERVE_TOKEN     bearer token the serving app requires (never logged)     (none)
     AFTERBELL_SERVE_POLL_SECONDS   period of the serving app's champion alias polling  (10)
     AFTERBELL_SERVE_MAX_BATCH most symbols one ``POST /predict`` may ask for           (100)
     AFTERBELL_SERVE_SECONDS   serve for at most this many seconds (a shortened session) (none)
     AFTERBELL_MAX_TRAIN_ROWS  cap on training windows, most recent kept (0: none)     (0)
-    AFTERBELL_OPTUNA_STORAGE  Optuna storage URL (sqlite:///$AFTERBELL_HOME/optuna/optuna.db)
+    AFTERBELL_OPTUNA_STORAGE  Optuna storage URL (embedded: sqlite:///$AFTERBELL_HOME/optuna/optuna.db;
+                              production: postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_optuna)
     AFTERBELL_FEAST_REGISTRY_URL   Feast SQL registry of the production profile (SQLAlchemy URL)
                               (postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_feast)
     AFTERBELL_REDIS_URL       Feast Redis online store of the production profile, in Feast's
                               connection-string format ``host:port[,db=N][,password=...]``
                               (127.0.0.1:6379)
+
+Secrets are never part of these values in the repository: a PostgreSQL password comes from
+``PGPASSWORD`` (or ``~/.pgpass``), read by libpq at connection time, S3 keys from
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (boto3; ``MLFLOW_S3_ENDPOINT_URL`` for an
+S3-compatible store), the tracking server's login from ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (MLflow). A password written into one of the URLs above still works,
+but ``repr(Settings)`` and :meth:`Settings.describe` (what goes to logs, records and MLflow)
+mask it (:func:`redact_url`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
@@ -91,6 +106,41 @@ FEAST_YAML_FILES: Mapping[str, str] = MappingProxyType(
 #: Local defaults of the production Feast services (the machine's PostgreSQL and Redis).
 DEFAULT_FEAST_REGISTRY_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_feast"
 DEFAULT_REDIS_URL = "127.0.0.1:6379"
+#: Production defaults of MLflow (the tracking server of ``docker/``, which keeps its metadata in
+#: PostgreSQL and proxies artifacts to S3) and of the Optuna storage (PostgreSQL; the database
+#: must exist, Optuna creates its tables).
+DEFAULT_PRODUCTION_MLFLOW_URI = "http://127.0.0.1:5000"
+DEFAULT_PRODUCTION_OPTUNA_STORAGE = "postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_optuna"
+#: What :func:`redact_url` puts in place of a secret.
+MASK = "***"
+
+_USERINFO_PASSWORD = re.compile(r"(?P<head>://[^/?#@:]*:)[^/?#@]*@")
+_SECRET_PARAM = re.compile(
+    r"(?P<key>(?<![A-Za-z0-9])(?:password|passwd|pwd|secret|token|api_key|access_key|"
+    r"secret_key|aws_secret_access_key|sas_token)\s*=\s*)[^&,;\s]+",
+    re.IGNORECASE,
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with every password it carries masked, for logs, records and MLflow.
+
+    Masks the password of the user info (``scheme://user:PASSWORD@host``, SQLAlchemy and HTTP
+    URLs) and the value of secret-looking parameters (``password=``, ``token=``, ... in a query
+    string or in Feast's Redis connection string ``host:port,password=...``).
+
+    Parameters
+    ----------
+    url : str
+        Any URL or connection string (may be empty).
+
+    Returns
+    -------
+    str
+        The same text with :data:`MASK` in place of each secret.
+    """
+    masked = _USERINFO_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", url)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group('key')}{MASK}", masked)
 
 
 @dataclass(frozen=True)
@@ -142,9 +192,18 @@ class TransformerTrainConfig:
     leakage_min_rows: int = 500
 
 
-@dataclass(frozen=True)
+#: Settings fields holding URLs or connection strings: masked in ``repr`` (:func:`redact_url`).
+_URL_FIELDS: frozenset[str] = frozenset(
+    {"mlflow_uri", "mlflow_artifact_root", "optuna_storage", "feast_registry_url", "redis_url"}
+)
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Everything a stage needs to know about where it runs and how big its budgets are."""
+    """Everything a stage needs to know about where it runs and how big its budgets are.
+
+    ``repr`` masks the passwords of the URL fields and leaves out the serving token.
+    """
 
     home: Path
     profile: str = "embedded"
@@ -180,9 +239,27 @@ class Settings:
     feast_registry_url: str = DEFAULT_FEAST_REGISTRY_URL
     #: Feast Redis connection string ``host:port[,db=N][,password=...]`` (production only).
     redis_url: str = DEFAULT_REDIS_URL
+    #: Artifact root of the experiments afterbell creates ("" : the profile's default, see
+    #: :meth:`artifact_location`).
+    mlflow_artifact_root: str = ""
+    #: SQLAlchemy URL of the Optuna storage ("" : the profile's default, see
+    #: :attr:`optuna_storage_url`).
+    optuna_storage: str = ""
 
     def __post_init__(self) -> None:
         _check_serving(self)
+        _check_profile(self)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name in _URL_FIELDS:
+                value = redact_url(str(value))
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
     def label_horizon(self) -> int:
@@ -258,7 +335,89 @@ class Settings:
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        """MLflow tracking (and registry) URI: :attr:`mlflow_uri`, else the profile's default
+        (embedded: SQLite under the home; production: the tracking server on loopback)."""
+        if self.mlflow_uri:
+            return self.mlflow_uri
+        if self.profile == "production":
+            return DEFAULT_PRODUCTION_MLFLOW_URI
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def tracking_is_server(self) -> bool:
+        """Whether :attr:`tracking_uri` names a tracking server (HTTP) rather than a database."""
+        return self.tracking_uri.split(":", 1)[0].lower() in ("http", "https")
+
+    def artifact_location(self, experiment: str) -> str | None:
+        """Artifact location of a new experiment ``experiment``.
+
+        Parameters
+        ----------
+        experiment : str
+            Name of the experiment.
+
+        Returns
+        -------
+        str or None
+            :attr:`mlflow_artifact_root` + ``/experiment`` when set (e.g.
+            ``s3://bucket/mlflow``); otherwise, embedded: the home's ``mlflow/artifacts`` folder
+            (as a ``file://`` URI); production: None, the tracking server's default (it proxies
+            artifacts to S3).
+
+        Raises
+        ------
+        ValueError
+            In production, when the tracking URI is a database URL and no artifact root is set
+            (MLflow would write artifacts to the client's working directory).
+        """
+        root = self.mlflow_artifact_root.strip()
+        if root:
+            return f"{root.rstrip('/')}/{experiment}"
+        if self.profile != "production":
+            return self.artifacts_dir.as_uri()
+        if self.tracking_is_server:
+            return None
+        raise ValueError(
+            "the production profile keeps artifacts in S3: set AFTERBELL_MLFLOW_ARTIFACTS "
+            "(e.g. s3://bucket/mlflow) when AFTERBELL_MLFLOW_URI is a database URL "
+            f"({redact_url(self.tracking_uri)})"
+        )
+
+    @property
+    def optuna_storage_url(self) -> str:
+        """SQLAlchemy URL of the Optuna storage: :attr:`optuna_storage`, else the profile's
+        default (embedded: ``sqlite:///$AFTERBELL_HOME/optuna/optuna.db``; production:
+        :data:`DEFAULT_PRODUCTION_OPTUNA_STORAGE`). The SQLite folder is not created here."""
+        if self.optuna_storage:
+            return self.optuna_storage
+        if self.profile == "production":
+            return DEFAULT_PRODUCTION_OPTUNA_STORAGE
+        return f"sqlite:///{self.home / 'optuna' / 'optuna.db'}"
+
+    def describe(self) -> dict[str, str]:
+        """Where this installation keeps its state, secrets masked: for logs, stage records and
+        MLflow tags (never the raw URLs).
+
+        Returns
+        -------
+        dict of str to str
+            ``profile``, ``home``, ``mlflow_tracking_uri``, ``mlflow_artifacts``,
+            ``optuna_storage``, ``feast_registry_url`` and ``redis_url``, each URL passed
+            through :func:`redact_url`.
+        """
+        try:
+            artifacts = self.artifact_location("<experiment>") or "(tracking server default)"
+        except ValueError:
+            artifacts = "(unset)"
+        return {
+            "profile": self.profile,
+            "home": str(self.home),
+            "mlflow_tracking_uri": redact_url(self.tracking_uri),
+            "mlflow_artifacts": redact_url(artifacts),
+            "optuna_storage": redact_url(self.optuna_storage_url),
+            "feast_registry_url": redact_url(self.feast_registry_url),
+            "redis_url": redact_url(self.redis_url),
+        }
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields replaced (tests and the CLI use it)."""
@@ -316,6 +475,8 @@ class Settings:
             feast_registry_url=env.get("AFTERBELL_FEAST_REGISTRY_URL")
             or DEFAULT_FEAST_REGISTRY_URL,
             redis_url=env.get("AFTERBELL_REDIS_URL") or DEFAULT_REDIS_URL,
+            mlflow_artifact_root=env.get("AFTERBELL_MLFLOW_ARTIFACTS", "").strip(),
+            optuna_storage=env.get("AFTERBELL_OPTUNA_STORAGE", "").strip(),
         )
 
 
@@ -362,6 +523,19 @@ def _check_serving(s: Settings) -> None:
     if not 0 < s.serve_port < 65536:
         raise ValueError(
             f"serve_port (AFTERBELL_SERVE_PORT) must be between 1 and 65535, got {s.serve_port!r}"
+        )
+
+
+def _check_profile(s: Settings) -> None:
+    """Refuse an unknown profile and a production artifact root on the local disk."""
+    if s.profile not in PROFILES:
+        raise ValueError(f"unknown profile {s.profile!r} (AFTERBELL_PROFILE); "
+                         f"known: {', '.join(PROFILES)}")
+    root = s.mlflow_artifact_root.strip()
+    if s.profile == "production" and root and (root.startswith("/") or root.startswith("file:")):
+        raise ValueError(
+            "the production profile keeps MLflow artifacts in an object store: "
+            f"AFTERBELL_MLFLOW_ARTIFACTS must be e.g. s3://bucket/mlflow, got {redact_url(root)!r}"
         )
 
 

@@ -1,11 +1,13 @@
 """Optuna hyperparameter search of the GARCH-LSTM, run by the monthly full retrain.
 
 One persistent study per model and session (:func:`study_name`), in the storage of
-:func:`study_storage`: SQLite under ``$AFTERBELL_HOME/optuna/`` by default, or the SQLAlchemy URL
-in ``$AFTERBELL_OPTUNA_STORAGE`` (PostgreSQL in production, e.g.
+:func:`study_storage`: SQLite under ``$AFTERBELL_HOME/optuna/`` in the embedded profile,
+PostgreSQL in the production one (:attr:`~pipelines.settings.Settings.optuna_storage_url`), or the
+SQLAlchemy URL in ``$AFTERBELL_OPTUNA_STORAGE`` (e.g.
 ``postgresql+psycopg://user@host:5432/afterbell_optuna``; the database must exist, Optuna creates
-its tables). The budget, search space, sampler and pruner come from ``afterbell.toml``
-``[tuning]`` (:class:`~pipelines.schedule.TuningConfig`).
+its tables; a password comes from ``PGPASSWORD``, and one written in the URL is masked in logs).
+The budget, search space, sampler and pruner come from ``afterbell.toml`` ``[tuning]``
+(:class:`~pipelines.schedule.TuningConfig`).
 
 :func:`tune_lstm` samples the LSTM's ``hidden``, ``layers``, ``dropout`` and ``lr`` with a seeded
 TPE sampler, after a first trial of the configured architecture (when it lies in the search
@@ -18,9 +20,19 @@ training window, the full epoch budget, the same seed).
 
 Re-running a session is safe: the study is loaded, and trials it already finished (complete or
 pruned) count against ``n_trials``, so a finished study runs no new trial and gives the same best
-parameters. A trial left running by a crashed run is not counted (a new one replaces it). The
-sampler is seeded, so an uninterrupted study is reproducible; one resumed after a crash samples
-its remaining trials from a restarted generator.
+parameters. The sampler is seeded, so an uninterrupted study is reproducible; one resumed after a
+crash samples its remaining trials from another seed.
+
+Several workers (processes, machines) may run :func:`tune_lstm` on one study at the same time,
+on a shared storage (PostgreSQL): together they run exactly ``n_trials`` trials. Each trial is
+claimed under a lock (a PostgreSQL advisory lock; a lock file next to a SQLite database) that
+counts the finished trials and the running ones still held by a live worker; a worker holds its
+running trial by a lease (user attribute ``afterbell_lease``, renewed every few seconds). A trial
+left running by a crashed worker loses its lease within :data:`LEASE_SECONDS`: it is marked
+failed and not counted (a new one replaces it). A worker returns once the whole budget has
+finished (or the timeout has passed), so every worker reports the same best trial. The n-th
+worker to join a study samples from the seed ``seed + n``, so workers do not repeat each other's
+trials (the first one keeps the configured seed).
 """
 
 from __future__ import annotations
@@ -30,8 +42,9 @@ import json
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -67,6 +80,14 @@ STORAGE_ENV = "AFTERBELL_OPTUNA_STORAGE"
 TUNED_PARAMS: tuple[str, ...] = ("hidden", "layers", "dropout", "lr")
 #: The metric the pruning callback reads (logged by ``GarchLSTMModule`` every epoch).
 MONITOR = "val_loss"
+#: Seconds a worker's claim on a running trial lasts without renewal (renewed every quarter).
+LEASE_SECONDS = 60.0
+#: User attribute of a running trial: the wall-clock time (epoch seconds) its lease ends.
+LEASE_ATTR = "afterbell_lease"
+#: Study user attribute: how many workers have joined the study (the next one's seed offset).
+WORKERS_ATTR = "afterbell_workers"
+#: Seconds between two looks at the study while other workers finish the last trials.
+WAIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -84,9 +105,10 @@ class TuningResult:
     best_trial : int
         Its number in the study (-1 when no trial completed).
     n_complete, n_pruned : int
-        Complete and pruned trials in the study, whichever run finished them.
+        Complete and pruned trials in the study, whichever run (or worker) finished them.
     n_new : int
-        Trials this call ran (0 when an earlier run of the session had used the budget).
+        Trials this call ran (0 when an earlier run of the session, or other workers, had used
+        the budget).
     elapsed_s : float
         Wall-clock seconds of this call.
     """
@@ -120,16 +142,28 @@ class TuningResult:
 def study_storage(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
     """SQLAlchemy URL of the Optuna storage.
 
-    ``$AFTERBELL_OPTUNA_STORAGE`` when set (PostgreSQL in production), otherwise
-    ``sqlite:///$AFTERBELL_HOME/optuna/optuna.db`` (its folder is created).
+    Parameters
+    ----------
+    settings : Settings
+        Its :attr:`~pipelines.settings.Settings.optuna_storage` when set; otherwise
+        ``$AFTERBELL_OPTUNA_STORAGE`` of ``environ``; otherwise the profile's default
+        (:attr:`~pipelines.settings.Settings.optuna_storage_url`: SQLite in the home, embedded;
+        PostgreSQL, production).
+    environ : mapping, optional
+        The environment (default: ``os.environ``).
+
+    Returns
+    -------
+    str
+        The URL; a SQLite database's folder is created.
     """
     env = os.environ if environ is None else environ
-    url = env.get(STORAGE_ENV, "").strip()
-    if url:
-        return url
-    folder = Path(settings.home) / "optuna"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'optuna.db'}"
+    url = settings.optuna_storage.strip() or env.get(STORAGE_ENV, "").strip()
+    url = url or settings.optuna_storage_url
+    sqlite = _sqlite_path(url)
+    if sqlite is not None:
+        sqlite.parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
 def redact(url: str) -> str:
@@ -137,10 +171,112 @@ def redact(url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from pipelines.settings import redact_url
+
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return redact_url(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
         return "<unparsable storage URL>"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for other URLs, in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for the study ``name``."""
+    digest = hashlib.sha256(f"afterbell.optuna:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class _StudyLock:
+    """Mutual exclusion of the workers of one study while they claim trials.
+
+    PostgreSQL: a transaction-scoped advisory lock on a connection of its own; SQLite: an
+    exclusive ``flock`` of ``<database>.lock``; other storages: none (one worker at a time).
+    """
+
+    def __init__(self, storage: str, name: str) -> None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        self._key = _lock_key(name)
+        self._engine: Any = None
+        self._file: Path | None = _sqlite_path(storage)
+        try:
+            backend = make_url(storage).get_backend_name()
+        except ArgumentError:
+            backend = ""
+        if backend == "postgresql":
+            from sqlalchemy import create_engine
+            from sqlalchemy.pool import NullPool
+
+            self._engine = create_engine(storage, poolclass=NullPool)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock for the ``with`` block."""
+        if self._engine is not None:
+            from sqlalchemy import text
+
+            with self._engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._key})
+                yield
+        elif self._file is not None:
+            import fcntl
+
+            with open(f"{self._file}.lock", "a+b") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        else:
+            yield
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class _Lease:
+    """Keeps a worker's claim on its running trial alive: renews :data:`LEASE_ATTR` every
+    quarter of :data:`LEASE_SECONDS` in a daemon thread until the ``with`` block ends."""
+
+    def __init__(self, trial: optuna.trial.Trial) -> None:
+        self._trial = trial
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="afterbell-optuna-lease",
+                                        daemon=True)
+
+    def renew(self) -> None:
+        self._trial.set_user_attr(LEASE_ATTR, time.time() + LEASE_SECONDS)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_SECONDS / 4):
+            try:
+                self.renew()
+            except Exception:  # a lost renewal is retried; the lease may lapse
+                log.warning("could not renew the lease of trial %d", self._trial.number,
+                            exc_info=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def study_name(
@@ -212,6 +348,81 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
+def _live_running(study: optuna.study.Study) -> int:
+    """Running trials held by a live worker; the others (lease lapsed or never taken: a
+    crashed worker's) are marked failed. Call it under the study's lock."""
+    from optuna.trial import TrialState
+
+    now, live = time.time(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        lease = t.user_attrs.get(LEASE_ATTR)
+        if isinstance(lease, int | float) and lease > now:
+            live += 1
+            continue
+        log.warning("study %s: trial %d is running without a live worker (lease %s); marked "
+                    "failed", study.study_name, t.number, "lapsed" if lease else "never taken")
+        study.tell(t.number, state=TrialState.FAIL)
+    return live
+
+
+def _claim(study: optuna.study.Study, lock: _StudyLock, n_trials: int,
+           ) -> optuna.trial.Trial | bool:
+    """Under the lock: a new trial (leased to this worker) when the budget has room, True
+    when other workers still run its last trials, False when the budget has finished."""
+    from optuna.trial import TrialState
+
+    with lock.held():
+        done = len(study.get_trials(deepcopy=False,
+                                    states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        if done >= n_trials:
+            return False
+        if done + _live_running(study) >= n_trials:
+            return True
+        trial = study.ask()
+        _Lease(trial).renew()
+        return trial
+
+
+def _run_budget(
+    study: optuna.study.Study,
+    objective: Callable[[optuna.trial.Trial], float],
+    lock: _StudyLock,
+    n_trials: int,
+    *,
+    timeout: float,
+    progress: Callable[[optuna.study.Study, optuna.trial.FrozenTrial], None],
+) -> int:
+    """Claim and run trials until the study's budget has finished or ``timeout`` seconds have
+    passed; returns how many trials this worker finished (complete or pruned)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    mine, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        claim = _claim(study, lock, n_trials)
+        if claim is False:
+            break
+        if claim is True:
+            time.sleep(WAIT_SECONDS)
+            continue
+        assert not isinstance(claim, bool)
+        trial = claim
+        with _Lease(trial):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            else:
+                frozen = study.tell(trial, value)
+        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            mine += 1
+        progress(study, frozen)
+    return mine
+
+
 def tune_lstm(
     spec_base: LSTMSpec,
     x_tr: np.ndarray,
@@ -251,8 +462,10 @@ def tune_lstm(
     Notes
     -----
     Trials the study already finished (complete or pruned) count against ``config.n_trials``;
-    at most the rest run, and none starts after ``config.timeout_minutes``. A trial whose
-    training raises fails the call (Optuna records it as failed; it does not count).
+    at most the rest run, and none starts after ``config.timeout_minutes``. Other workers may
+    run the same study at the same time: the budget is shared (see the module's notes), and the
+    call returns once every trial of the budget has finished. A trial whose training raises
+    fails the call (Optuna records it as failed; it does not count).
     """
     import optuna
     from optuna.trial import TrialState
@@ -282,39 +495,45 @@ def tune_lstm(
         log.info("study %s: trial %d (%d/%d) %s, params %s", study.study_name, trial.number,
                  done, config.n_trials, outcome, trial.params)
 
-    with _quiet_optuna():
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            load_if_exists=True,
-            direction="minimize",
-            sampler=optuna.samplers.TPESampler(
-                seed=config.seed if seed is None else seed,
+    lock = _StudyLock(storage, study_name)
+    try:
+        with _quiet_optuna():
+            with lock.held():  # also keeps two workers from creating the tables at once
+                study = optuna.create_study(
+                    storage=storage,
+                    study_name=study_name,
+                    load_if_exists=True,
+                    direction="minimize",
+                    pruner=optuna.pruners.MedianPruner(
+                        n_startup_trials=config.pruner_startup_trials,
+                        n_warmup_steps=config.pruner_warmup_steps,
+                    ),
+                )
+                joined = int(study.user_attrs.get(WORKERS_ATTR, 0))
+                study.set_user_attr(WORKERS_ATTR, joined + 1)
+                base = _base_params(spec_base, config)
+                if base is not None and not study.get_trials(deepcopy=False):
+                    study.enqueue_trial(base)  # a new study first tries the configured spec
+                before = len(study.get_trials(deepcopy=False, states=finished))
+            study.sampler = optuna.samplers.TPESampler(
+                seed=(config.seed if seed is None else seed) + joined,
                 n_startup_trials=config.sampler_startup_trials,
-            ),
-            pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=config.pruner_startup_trials,
-                n_warmup_steps=config.pruner_warmup_steps,
-            ),
-        )
-        base = _base_params(spec_base, config)
-        if base is not None and not study.get_trials(deepcopy=False):
-            study.enqueue_trial(base)  # a new study first tries the configured architecture
-        before = len(study.get_trials(deepcopy=False, states=finished))
-        remaining = max(0, config.n_trials - before)
-        log.info("study %s in %s: %d trial(s) finished, %d to run (budget %d trials, %g min); "
-                 "%d training windows per trial", study_name, redact(storage), before, remaining,
-                 config.n_trials, config.timeout_minutes, len(xt))
-        if remaining:
-            study.optimize(objective, n_trials=remaining, timeout=config.timeout_minutes * 60.0,
-                           catch=(), callbacks=[progress], gc_after_trial=False)
+            )
+            log.info("study %s in %s: %d trial(s) finished, %d to run (budget %d trials, "
+                     "%g min; worker %d); %d training windows per trial", study_name,
+                     redact(storage), before, max(0, config.n_trials - before), config.n_trials,
+                     config.timeout_minutes, joined + 1, len(xt))
+            n_mine = _run_budget(study, objective, lock, config.n_trials,
+                                 timeout=config.timeout_minutes * 60.0, progress=progress)
+    finally:
+        lock.close()
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
     result = TuningResult(
         study_name=study_name,
         n_complete=len(complete),
         n_pruned=len(pruned),
-        n_new=len(complete) + len(pruned) - before,
+        n_new=n_mine,
         elapsed_s=time.monotonic() - t0,
     )
     if complete:

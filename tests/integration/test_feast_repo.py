@@ -3,8 +3,8 @@
 The embedded profile needs nothing running. The production profile (tests marked ``services``)
 runs against the machine's PostgreSQL (a database created for the test and dropped after it) and
 Redis (a dedicated database index; only the keys of the test's own symbols are written and
-deleted, nothing is flushed). Where PostgreSQL or Redis cannot be reached those tests are
-skipped, unless ``AFTERBELL_REQUIRE_SERVICES=1`` makes that a failure.
+deleted, nothing is flushed): the fixtures of tests/services.py. Where PostgreSQL or Redis cannot
+be reached those tests are skipped, unless ``AFTERBELL_REQUIRE_SERVICES=1`` makes that a failure.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,15 +26,10 @@ import pytest
 from pipelines import feature_store as fs
 from pipelines.settings import Settings
 from tests.feast_tables import offline_tables, restored_environ
+from tests.services import RedisSpace, pg_database, redis_space  # noqa: F401 (fixtures)
 
 VIEWS = ("market_features", "garch_features", "lstm_window", "option_features")
 LOOKBACK = 4
-PG_ADMIN_URL = os.environ.get(
-    "AFTERBELL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-#: Redis database index of these tests (not 0): keys are namespaced further by unique symbols.
-REDIS_DB = int(os.environ.get("AFTERBELL_TEST_REDIS_DB", "13"))
 #: Words that must not appear in the CLI's output.
 TROUBLE = re.compile(r"traceback|error|exception", re.IGNORECASE)
 ENV_KEYS = ("AFTERBELL_HOME", "AFTERBELL_FEAST_REGISTRY_URL", "AFTERBELL_REDIS_URL")
@@ -97,68 +90,6 @@ def test_feast_plan_and_apply_embedded(tmp_path: Path, env_restored: None) -> No
 
 
 # --------------------------------------------------------------------------------- production
-def _unreachable(what: str, exc: Exception) -> None:
-    message = f"{what} is not reachable: {exc}"
-    if os.environ.get("AFTERBELL_REQUIRE_SERVICES") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for the SQL registry; yields its SQLAlchemy URL."""
-    import psycopg
-
-    name = f"afterbell_feast_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        _unreachable("PostgreSQL", exc)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-            yield f"{base}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@dataclass(frozen=True)
-class RedisSpace:
-    client: Any
-    connection_string: str
-    symbols: tuple[str, ...]
-
-    def keys(self) -> list[bytes]:
-        """Keys of this test's symbols (their serialised entity keys hold the symbol text)."""
-        return [k for s in self.symbols for k in self.client.scan_iter(match=f"*{s}*".encode())]
-
-
-@pytest.fixture
-def redis_space() -> Iterator[RedisSpace]:
-    """A Redis database index and symbols no one else uses; their keys are deleted after."""
-    import redis
-
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError as exc:
-        _unreachable("Redis", exc)
-    tag = uuid.uuid4().hex[:8].upper()
-    space = RedisSpace(
-        client=client,
-        connection_string=f"{REDIS_HOST}:{REDIS_PORT},db={REDIS_DB}",
-        symbols=(f"T{tag}A", f"T{tag}B", f"T{tag}C"),  # the last one gets no feature rows
-    )
-    try:
-        yield space
-    finally:
-        keys = space.keys()
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-
 def _registry_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """Names (and version history) of what the SQL registry holds."""
     import psycopg
@@ -176,7 +107,10 @@ def _registry_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 @pytest.mark.services
 def test_feast_plan_apply_materialize_online_production(
-    tmp_path: Path, env_restored: None, pg_database: str, redis_space: RedisSpace
+    tmp_path: Path,
+    env_restored: None,
+    pg_database: str,  # noqa: F811 (fixture)
+    redis_space: RedisSpace,  # noqa: F811 (fixture)
 ) -> None:
     settings = Settings(
         home=tmp_path / "home",
