@@ -9,6 +9,9 @@ Environment knobs (all optional)::
     AFTERBELL_HOME            state directory                     (.afterbell in the checkout)
     AFTERBELL_PROFILE         embedded | production               (embedded)
     AFTERBELL_SYMBOLS         comma-separated demo universe       (all 22 replay symbols)
+    AFTERBELL_SYNTHETIC       a synthetic universe instead of the replay data, for scale tests:
+                              ``symbols=500[,seed=7][,years=Y]`` (or just ``500``); its symbols
+                              are SYN0000... plus the SPX index, its years the history's (none)
     AFTERBELL_HISTORY_YEARS   sessions of history the first run backfills, in years   (10)
     AFTERBELL_SESSION         default session for ``afterbell run``                   (2018-12-31)
     AFTERBELL_MAX_EPOCHS      LSTM training epochs budget                             (30)
@@ -55,7 +58,10 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import overload
+from typing import TYPE_CHECKING, overload
+
+if TYPE_CHECKING:
+    from pipelines.synthetic import UniverseSpec
 
 #: Root of the checkout (the folder holding ``dags/``, ``feature_repo/``, ``pipelines/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -245,9 +251,19 @@ class Settings:
     #: SQLAlchemy URL of the Optuna storage ("" : the profile's default, see
     #: :attr:`optuna_storage_url`).
     optuna_storage: str = ""
+    #: A synthetic universe (:mod:`pipelines.synthetic`) replacing the replay data (None: the
+    #: replay data); ``universe`` is then its symbols.
+    synthetic: UniverseSpec | None = None
 
     def __post_init__(self) -> None:
         _check_serving(self)
+        if self.synthetic is not None:
+            if self.universe == DEFAULT_UNIVERSE:
+                object.__setattr__(self, "universe", self.synthetic.universe)
+            extra = sorted(set(self.universe) - set(self.synthetic.universe))
+            if extra:
+                raise ValueError(f"universe names symbols the synthetic universe does not "
+                                 f"have: {extra[:10]}")
         _check_profile(self)
 
     def __repr__(self) -> str:
@@ -285,6 +301,15 @@ class Settings:
     @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
+
+    @property
+    def sectors(self) -> Mapping[str, str]:
+        """Sector of every symbol of the data source (the orders' ``max_sector`` limit)."""
+        if self.synthetic is None:
+            return SECTORS
+        from pipelines.sources import SyntheticSource
+
+        return MappingProxyType(SyntheticSource(self.synthetic).sectors())
 
     @property
     def artifacts_dir(self) -> Path:
@@ -450,6 +475,15 @@ class Settings:
                                 TransformerTrainConfig.max_train_rows),
         )
         session = env.get("AFTERBELL_SESSION")
+        default_session = date.fromisoformat(session) if session else date(2018, 12, 31)
+        history_years = _int(env, "AFTERBELL_HISTORY_YEARS", 10)
+        synthetic = _synthetic(env.get("AFTERBELL_SYNTHETIC", ""), default_session,
+                               history_years)
+        if synthetic is not None:
+            if symbols:
+                raise ValueError("set AFTERBELL_SYMBOLS or AFTERBELL_SYNTHETIC, not both: a "
+                                 "synthetic universe names its own symbols")
+            symbols = synthetic.universe
         profile = env.get("AFTERBELL_PROFILE") or "embedded"
         if profile not in PROFILES:
             raise ValueError(
@@ -459,8 +493,8 @@ class Settings:
             home=home,
             profile=profile,
             universe=symbols or DEFAULT_UNIVERSE,
-            history_years=_int(env, "AFTERBELL_HISTORY_YEARS", 10),
-            default_session=date.fromisoformat(session) if session else date(2018, 12, 31),
+            history_years=history_years,
+            default_session=default_session,
             holdout_sessions=_int(env, "AFTERBELL_HOLDOUT", 250),
             garch_refit_every=_int(env, "AFTERBELL_GARCH_REFIT", 63),
             train=train,
@@ -477,7 +511,42 @@ class Settings:
             redis_url=env.get("AFTERBELL_REDIS_URL") or DEFAULT_REDIS_URL,
             mlflow_artifact_root=env.get("AFTERBELL_MLFLOW_ARTIFACTS", "").strip(),
             optuna_storage=env.get("AFTERBELL_OPTUNA_STORAGE", "").strip(),
+            synthetic=synthetic,
         )
+
+
+def _synthetic(value: str, end: date, years: int) -> UniverseSpec | None:
+    """The :class:`~pipelines.synthetic.UniverseSpec` of ``AFTERBELL_SYNTHETIC`` (None if empty).
+
+    ``value`` is ``symbols=N[,seed=S][,years=Y]`` or just ``N``; the universe ends on ``end``
+    (the default session) and covers ``years`` (the history's) unless given.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    from pipelines.synthetic import UniverseSpec
+
+    fields_: dict[str, int] = {"years": years}
+    for i, item in enumerate(p.strip() for p in value.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep and i == 0:
+            key, raw = "symbols", key
+        key = key.strip()
+        if key not in ("symbols", "seed", "years"):
+            raise ValueError(f"AFTERBELL_SYNTHETIC: unknown field {key!r} in {value!r} "
+                             "(expected symbols=N[,seed=S][,years=Y])")
+        try:
+            fields_[key] = int(raw)
+        except ValueError:
+            raise ValueError(f"AFTERBELL_SYNTHETIC: {key} must be an integer, got "
+                             f"{raw.strip()!r}") from None
+    if "symbols" not in fields_:
+        raise ValueError(f"AFTERBELL_SYNTHETIC: {value!r} names no number of symbols "
+                         "(expected symbols=N[,seed=S][,years=Y])")
+    try:
+        return UniverseSpec(end=end, **fields_)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"AFTERBELL_SYNTHETIC: {exc}") from None
 
 
 def _int(env: dict[str, str], key: str, default: int) -> int:

@@ -284,6 +284,14 @@ class SyntheticSource:
         return sectors(_synthetic_universe(self.spec)[1])
 
 
+def history_source(s: settings.Settings) -> ReplaySource | SyntheticSource:
+    """Where the bars of ``s``'s universe come from when history is backfilled: the synthetic
+    universe of ``s.synthetic``, else the replay data."""
+    if s.synthetic is not None:
+        return SyntheticSource(s.synthetic)
+    return ReplaySource(s.universe)
+
+
 @lru_cache(maxsize=2)
 def _synthetic_universe(spec: UniverseSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     from pipelines.synthetic import make_universe

@@ -144,14 +144,16 @@ def ingest(
 ) -> Summary:
     """Ingest and validate the session's bars, keep its raw input, then write them to the lake.
 
-    ``source`` is None (the replay source), a local CSV / Parquet file, a local drop folder, or
+    ``source`` is None (the replay source, or the synthetic universe of ``AFTERBELL_SYNTHETIC``:
+    :func:`pipelines.sources.history_source`), a local CSV / Parquet file, a local drop folder, or
     an ``s3://`` URI (see :func:`pipelines.sources.fetch_raw`; endpoint and credentials from the
     environment, :meth:`pipelines.sources.S3Config.from_env`). The input is
     fetched as received into a staging folder, parsed (a row of another session is an error),
     and validated together with any history being backfilled: the first run also backfills
-    ``history_years`` of sessions from the replay source. Only once the whole batch passes the
+    ``history_years`` of sessions from that source. Only once the whole batch passes the
     Great Expectations suite are the fetched files kept as the session's raw input
-    (``<home>/raw/session=YYYY-MM-DD/``; the replayed rows as ``replay.parquet``) and the
+    (``<home>/raw/session=YYYY-MM-DD/``; the replayed rows as ``replay.parquet`` or
+    ``synthetic.parquet``) and the
     partitions written. A bad input is copied to the quarantine with the reason and nothing in
     the lake or the raw folders changes; the error names the expectation, symbol and session
     (or the file and row) and where the input was kept.
@@ -160,28 +162,22 @@ def ingest(
 
     from pipelines import lake
     from pipelines.quality import DataQualityError, validate_bars
-    from pipelines.sources import (
-        ReplaySource,
-        SourceError,
-        fetch_raw,
-        read_bar_files,
-        replay_listings,
-    )
+    from pipelines.sources import SourceError, fetch_raw, history_source, read_bar_files
 
     d, s = _setup(session, settings)
     history = _history_sessions(d, s)
     wanted = sorted(_to_write(s, "bars", d, history))
     older = [x for x in wanted if x != d]
-    expected = replay_listings(s.universe)
+    replay = history_source(s)
+    expected = replay.listings()
     reference = _reference_bars(s, wanted[0])
-    spec = "replay" if source is None else str(source)
+    spec = ("replay" if s.synthetic is None else "synthetic") if source is None else str(source)
     t0 = time.perf_counter()
-    replay = ReplaySource(s.universe)
     with lake.staging_dir(s.home, d) as staging:
         if source is None:
             bars = replay.bars(wanted)
             today = bars[bars["session"] == pd.Timestamp(d)]
-            raw = [lake.write_parquet(staging / "replay.parquet", today)]
+            raw = [lake.write_parquet(staging / f"{spec}.parquet", today)]
         else:
             raw = fetch_raw(source, d, staging)  # nothing received on failure: re-raised
         try:
@@ -189,7 +185,7 @@ def ingest(
                 today = read_bar_files(raw, session=d)
                 bars = pd.concat([replay.bars(older), today], ignore_index=True) if older else today
             if today.empty:  # a given source is named by the error wrapper below
-                where = " from the replay source" if source is None else ""
+                where = f" from the {spec} source" if source is None else ""
                 raise ValueError(f"no bars for session {d}{where}")
             log.info("ingest %s: %d bars over %d sessions from %s (%.1fs)", d, len(bars),
                      len(wanted), spec, time.perf_counter() - t0)
@@ -576,11 +572,14 @@ def recalibrate_risk(session: str, settings: Settings | None = None) -> Summary:
     rets = _lake_range(s, "features", d, ("symbol", "session", "ret_1"))
     wide = rets.pivot_table(index="session", columns="symbol", values="ret_1").apply(np.expm1)
     wide = wide.loc[:, [c for c in wide.columns if c in s.universe]].tail(RISK_WINDOW)
+    wide = wide.dropna(axis=1, how="all")  # delisted before the window
     book = positions(s.home / "broker", d)
     book = book[book != 0.0]
     label = "paper book"
     if book.empty:
-        book = pd.Series(1.0 / wide.shape[1], index=wide.columns)
+        trading = wide.columns[wide.iloc[-1].notna()] if len(wide) else wide.columns
+        trading = trading if len(trading) else wide.columns
+        book = pd.Series(1.0 / len(trading), index=trading)
         label = "equal-weight (no paper book yet)"
     rows = []
     for symbol in wide.columns:
@@ -601,7 +600,8 @@ def recalibrate_risk(session: str, settings: Settings | None = None) -> Summary:
     lake.write_partition(s.lake_dir, "covariance", d, cov_long.assign(session=pd.Timestamp(d)))
     recent = wide.tail(COVARIANCE_WINDOW)
     market = recent["SPX"] if "SPX" in recent else recent.mean(axis=1)
-    betas = recent.apply(lambda c: c.cov(market) / market.var())
+    # a symbol listed too recently for a beta is reported missing by the scenarios
+    betas = recent.apply(lambda c: c.cov(market) / market.var()).dropna()
     panel = load_replay_panel()
     history = panel.pivot_table(index="session", columns="symbol",
                                 values="close").pct_change(fill_method=None)
@@ -1496,7 +1496,6 @@ def size_positions(session: str, settings: Settings | None = None) -> Summary:
         weights_after,
     )
     from pipelines.schedule import load_config
-    from pipelines.settings import SECTORS
 
     d, s = _setup(session, settings)
     config = load_config()
@@ -1525,7 +1524,8 @@ def size_positions(session: str, settings: Settings | None = None) -> Summary:
     equity = paper_equity(s, d, root, capital)
     state = check_breakers(equity, limits, kill_switch_on(s.home))
     daily_vol = vol / math.sqrt(252)
-    sectors = {sym: SECTORS.get(str(sym), str(sym)) for sym in set(vol.index) | set(book.index)}
+    known = s.sectors
+    sectors = {sym: known.get(str(sym), str(sym)) for sym in set(vol.index) | set(book.index)}
     result = decide_targets(targets, book, sectors, daily_vol, limits, state)
     bars = lake.read_table(s.lake_dir, "bars", start=d, end=d, columns=["symbol", "close"])
     prices = bars.set_index("symbol")["close"].astype(float)

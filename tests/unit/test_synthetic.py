@@ -172,3 +172,36 @@ def test_synthetic_source_serves_sessions_and_listings_of_its_universe() -> None
     sectors = source.sectors()
     assert sectors["SPX"] == "Index: synthetic market"
     assert set(sectors) == set(spec.universe) and len(set(sectors.values())) > 2
+
+
+def test_settings_read_a_synthetic_universe_from_the_environment() -> None:
+    from pipelines.settings import SECTORS, Settings
+
+    s = Settings.from_env({"AFTERBELL_SYNTHETIC": "symbols=12,seed=3",
+                           "AFTERBELL_HISTORY_YEARS": "4", "AFTERBELL_SESSION": "2017-06-30"})
+    assert s.synthetic is not None
+    assert (s.synthetic.symbols, s.synthetic.seed, s.synthetic.years) == (12, 3, 4)
+    assert s.synthetic.end == date(2017, 6, 30)
+    assert s.universe == (*(f"SYN{i:04d}" for i in range(12)), "SPX")
+    assert set(s.sectors) == set(s.universe)
+    assert Settings.from_env({"AFTERBELL_SYNTHETIC": "40"}).universe[-2:] == ("SYN0039", "SPX")
+    plain = Settings.from_env({})
+    assert plain.synthetic is None and plain.sectors is SECTORS
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AFTERBELL_SYNTHETIC": "symbols=many"}, "symbols must be an integer, got 'many'"),
+        ({"AFTERBELL_SYNTHETIC": "seed=3"}, "names no number of symbols"),
+        ({"AFTERBELL_SYNTHETIC": "symbols=5,colour=2"}, "unknown field 'colour'"),
+        ({"AFTERBELL_SYNTHETIC": "0"}, "symbols and years must be positive"),
+        ({"AFTERBELL_SYNTHETIC": "5", "AFTERBELL_SYMBOLS": "AAPL"}, "not both"),
+    ],
+)
+def test_bad_synthetic_settings_are_named(env: dict[str, str], message: str) -> None:
+    from pipelines.settings import Settings
+
+    with pytest.raises(ValueError) as err:
+        Settings.from_env(env)
+    assert message in str(err.value)
