@@ -921,6 +921,12 @@ def train_challenger(session: str, settings: Settings | None = None) -> Summary:
     if s.train.max_train_rows and len(tr) > s.train.max_train_rows:
         tr = tr.iloc[-s.train.max_train_rows :]
     va = labelled[seg.of(labelled["session"], "valid")]
+    if tr.empty or va.empty:
+        raise ValueError(
+            f"heavy training {d}: {len(tr)} training and {len(va)} validation windows in the "
+            f"offline store (train {seg.train[0]}..{seg.train[1]}, valid {seg.valid[0]}.."
+            f"{seg.valid[1]}, holdout {s.holdout_sessions} sessions): the history is too short "
+            "for the holdout; raise AFTERBELL_HISTORY_YEARS or lower AFTERBELL_HOLDOUT")
     x_tr = stack_windows(tr["seq"], spec.lookback, nf)
     x_va = stack_windows(va["seq"], spec.lookback, nf)
     y_tr = tr[target_cols].to_numpy(np.float32)
