@@ -15,10 +15,16 @@ artifacts, the Feast registry and online store, and the Great Expectations repor
 timestamps, Feast's registry ``last_updated`` and materialisation intervals, GX validation result
 ids and run times), so a re-run necessarily changes their bytes.
 
-Run time on the 2-core machine: about 5 minutes (two backfills of two runs, 40-80 s a run,
-and the restarts of the scheduler around each `backfill create`).
-One test-only setting makes that possible, documented where it is set: the scheduler preloads the
-tasks' heavy imports before forking its LocalExecutor workers (without it a run takes 70-160 s).
+Run time on the 2-core machine: about 5 minutes with other jobs sharing the two cores (two
+backfills of two runs, 35-90 s a run, and the scheduler's stop and start around each `backfill
+create`); it was about 7.5 minutes before the test-only timings below.
+Test-only settings make that possible, documented where they are set: the scheduler preloads the
+tasks' heavy imports before forking its LocalExecutor workers (without it a run takes 70-160 s);
+it sleeps 0.25 s instead of 1 s after a loop that found nothing to do (each of the 21 task
+hand-overs of a run waited for it) and checks for completed backfills every 2 s instead of
+Airflow's hard-coded 30 s (each backfill waited for it); and the scheduler and the dag-processor
+pay their start-up imports while the CLI creates a backfill, held before touching the database
+(airflow_stack.AirflowStack.writers_stopped), instead of after it.
 The embedded configuration's 60 s SQLite busy timeout (the reprocess backfill failed with
 "database is locked" under the 5 s default) is checked here too.
 """
@@ -41,7 +47,12 @@ import pytest
 from pipelines.airflow_env import airflow_env, ensure_airflow_db
 from pipelines.settings import Settings
 from tests.conftest import small_env
-from tests.integration.airflow_stack import AirflowStack, free_port, write_preloader
+from tests.integration.airflow_stack import (
+    BACKFILL_CHECK_ENV,
+    AirflowStack,
+    free_port,
+    write_preloader,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +69,11 @@ TRAIN_TASK = "heavy_training.train_challenger"
 TRANSFORMER_TASK = "heavy_training.train_transformer"
 STABLE = ("lake", "offline", "runs")
 BACKFILL_TIMEOUT_S = 480
+#: Test-only scheduler timings (Airflow's defaults in brackets): the sleep of a loop that found
+#: nothing to do [1 s], which every task hand-over waits (21 tasks a run), and the period of the
+#: check that marks a finished backfill complete [30 s, hard-coded], which each backfill waits.
+IDLE_SLEEP_S = "0.25"
+BACKFILL_CHECK_S = "2"
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -104,16 +120,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowSta
     # fail with "database is locked" while the scheduler and the tasks wrote too: the embedded
     # configuration waits up to 60 s.
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("?timeout=60")
-    # Test-only speed-up: the scheduler preloads the tasks' heavy imports before it forks its
-    # LocalExecutor workers (see airflow_stack.write_preloader).
+    # Test-only speed-ups: the scheduler preloads the tasks' heavy imports before it forks its
+    # LocalExecutor workers (see airflow_stack.write_preloader), and loops and checks for
+    # completed backfills more often (IDLE_SLEEP_S, BACKFILL_CHECK_S).
     env["PYTHONPATH"] = os.pathsep.join([write_preloader(root / "preload"), env["PYTHONPATH"]])
+    env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] = IDLE_SLEEP_S
+    env[BACKFILL_CHECK_ENV] = BACKFILL_CHECK_S
     # ensure_airflow_db runs the airflow CLI in airflow_env(settings) over os.environ, which is
     # the same DB and home; the ports do not matter for `db migrate` / `pools import`.
     ensure_airflow_db(settings)
     airflow = AirflowStack(env, port, root / "services")
     try:
+        # The scheduler and the dag-processor start held (they import, but touch no database)
+        # until the test's first `backfill create` is done: see AirflowStack.writers_stopped.
+        airflow.start(hold=("scheduler", "dag-processor"))
         airflow.airflow("dags", "reserialize")
-        airflow.start()
         airflow.wait_api()
         yield airflow, home, root
     finally:
@@ -129,18 +150,22 @@ def test_backfill_two_sessions_then_reprocess_is_byte_identical(
     t0 = time.monotonic()
 
     # Runs of a paused DAG are never started, backfill or not: create the backfill first and
-    # check that its runs stay queued until the DAG is unpaused.
+    # check that its runs stay queued, while the scheduler loops, until the DAG is unpaused
+    # (through the REST API, as the UI's toggle does).
     assert airflow.query("SELECT is_paused FROM dag WHERE dag_id = ?", (DAG_ID,)) == [(1,)]
-    with airflow.writers_stopped():
+    jobs_before = airflow.latest_job_id()
+    with airflow.writers_stopped():  # held since the fixture: released after the create
         airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM,
                         "--to-date", TO, "--max-active-runs", "1")
     first = airflow.latest_backfill_id(DAG_ID)
     assert first is not None
     runs = airflow.backfill_runs(first)
     assert [r["logical_date"][:10] for r in runs] == list(SESSIONS)
-    time.sleep(6)  # a few scheduler loops
+    airflow.wait_scheduler_job(after=jobs_before)
+    time.sleep(3)  # a dozen scheduler loops of the running scheduler (IDLE_SLEEP_S)
     assert {r["state"] for r in airflow.backfill_runs(first)} == {"queued"}
-    airflow.airflow("dags", "unpause", DAG_ID)
+    airflow.set_paused(DAG_ID, False)
+    assert airflow.query("SELECT is_paused FROM dag WHERE dag_id = ?", (DAG_ID,)) == [(0,)]
 
     runs = airflow.wait_backfill(DAG_ID, first, len(SESSIONS), BACKFILL_TIMEOUT_S)
     t1 = time.monotonic()
@@ -158,9 +183,12 @@ def test_backfill_two_sessions_then_reprocess_is_byte_identical(
     shutil.copytree(home / "runs", root / "runs-before-reprocess")
 
     airflow.wait_backfill_completed(first)
+    t_create = time.monotonic()
     with airflow.writers_stopped():
         airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", FROM, "--to-date",
                         TO, "--max-active-runs", "1", "--reprocess-behavior", "completed")
+    print(f"[backfill] reprocess backfill created in {time.monotonic() - t_create:.0f} s",
+          flush=True)
     second = airflow.latest_backfill_id(DAG_ID)
     assert second is not None and second != first
     rerun = airflow.wait_backfill(DAG_ID, second, len(SESSIONS), BACKFILL_TIMEOUT_S)
