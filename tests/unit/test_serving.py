@@ -229,14 +229,14 @@ def test_batch_is_one_store_read_and_one_predict(
     reads: list[list[str]] = []
     app = serving.create_app(ctx.settings, predictor)
     with _serve(app, ctx.settings) as client:
-        online = app.state.runtime.reader._online
-        real = online.online_read
+        reader = app.state.runtime.reader
+        real = reader._lookup
 
-        def counted(config: Any, table: Any, keys: Any, features: Any) -> Any:
-            reads.append([k.entity_values[0].string_val for k in keys])
-            return real(config, table, keys, features)
+        def counted(view: Any, symbols: list[str], names: list[str]) -> Any:
+            reads.append(list(symbols))
+            return real(view, symbols, names)
 
-        monkeypatch.setattr(online, "online_read", counted)
+        monkeypatch.setattr(reader, "_lookup", counted)
         resp = client.post("/predict", json={"symbols": ["msft", " AAPL "]})
         single = client.get("/predict/AAPL").json()
     assert resp.status_code == 200, resp.text
@@ -388,7 +388,7 @@ def test_online_store_failure_while_serving_is_503_naming_it(
         def locked(*args: Any, **kwargs: Any) -> Any:
             raise sqlite3.OperationalError("database is locked")
 
-        monkeypatch.setattr(app.state.runtime.reader._online, "online_read", locked)
+        monkeypatch.setattr(app.state.runtime.reader, "_lookup", locked)
         single = client.get("/predict/AAPL")
         batch = client.post("/predict", json={"symbols": ["AAPL", "MSFT"]})
         monkeypatch.undo()
@@ -863,6 +863,46 @@ def test_direct_online_lookups_equal_the_feast_sdk_read(ctx: Ctx) -> None:
     assert asofs[0] == int(_last_row(ctx, "MSFT")["asof"])
     reader.forget_views()
     assert reader.read(features, ["AAPL"])[1] == [int(_last_row(ctx, "AAPL")["asof"])]
+    # the SQLite fast path reads what Feast's own online_read reads
+    assert reader._sqlite is not None
+    generic = serving._WindowReader(store)
+    generic._sqlite = None
+    again = generic.read(features, symbols)
+    assert again[1] == asofs
+    assert [None if v is None else list(v) for v in again[0]] == [
+        None if v is None else list(v) for v in seqs]
+
+
+class _LstmPython:
+    """A python model around a real (untrained) GARCH-LSTM, as models.pyfunc wraps one."""
+
+    def __init__(self) -> None:
+        from models.lstm import FittedLSTM, GarchLSTMNet, LSTMSpec
+
+        spec = LSTMSpec(lookback=LOOKBACK, hidden=8, base_feature=4, extra_horizons=(1, 22))
+        self.fitted = FittedLSTM(spec, GarchLSTMNet(spec, y_mean=[0.2, 0.25, 0.3]).state_dict())
+        self.columns = list(serving.window_frame(np.zeros((1, WIDTH))).columns)
+
+    def predict(self, context: Any, frame: pd.DataFrame) -> pd.DataFrame:
+        out = self.fitted.predict_horizons(frame.to_numpy(np.float32))
+        return pd.DataFrame({"forecast": out[:, 0], "vol_1": out[:, 1]})
+
+
+class _LstmPyfunc(_PyfuncModel):
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self.python_model.predict(None, frame)
+
+
+def test_a_real_lstm_is_served_through_its_torchscript_trace() -> None:
+    python_model = _LstmPython()
+    predictor = serving.MlflowPredictor("m", "1", "champion", _LstmPyfunc(python_model))
+    assert predictor.call_path == "network (TorchScript)"
+    for n in (1, 4, 25):
+        windows = np.random.default_rng(n).uniform(0.05, 0.6, size=(n, WIDTH))
+        expected = python_model.fitted.predict(windows.astype(np.float32))
+        np.testing.assert_allclose(predictor.predict_array(windows), expected, rtol=1e-6)
+        np.testing.assert_allclose(predictor.predict(serving.window_frame(windows)), expected,
+                                   rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------ settings
