@@ -25,7 +25,7 @@ from datetime import date
 from importlib import metadata
 from pathlib import Path
 
-from pipelines.settings import REPO_ROOT, Settings
+from pipelines.settings import REPO_ROOT, Settings, redact_url
 
 __all__ = [
     "airflow_env",
@@ -154,7 +154,9 @@ def write_env_sh(settings: Settings) -> Path:
     """Write ``settings.home/env.sh``; ``. .afterbell/env.sh`` then points the CLIs at the stack.
 
     Values are absolute and shell-quoted; ``PATH`` and ``PYTHONPATH`` are prefixed onto the
-    values of the sourcing shell rather than frozen at write time.
+    values of the sourcing shell rather than frozen at write time. A value carrying a password
+    (a URL with one, :func:`~pipelines.settings.redact_url`) is not written: a comment names the
+    variable, masked, and the sourcing shell's own value stays in force.
     """
     env = airflow_env(settings, base={})
     lines = [
@@ -163,6 +165,10 @@ def write_env_sh(settings: Settings) -> Path:
     ]
     for key, value in env.items():
         if key in ("PATH", "PYTHONPATH"):
+            continue
+        if redact_url(value) != value:  # a password in a URL: never written to a file
+            lines.append(f"# {key} carries a secret: not written here; export it yourself "
+                         f"(it is {shlex.quote(redact_url(value))})")
             continue
         lines.append(f"export {key}={shlex.quote(value)}")
     venv_bin, repo = shlex.quote(str(_venv_bin())), shlex.quote(str(REPO_ROOT))

@@ -36,6 +36,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -1464,7 +1465,9 @@ def _traced_forward(
         if width is not None and width != lookback * n_features:
             return None
         net = fitted.network()
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # the LSTM's shape checks become constants of the trace: the probes below check it
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(net, torch.zeros(2, lookback, n_features),
                                      check_trace=False)
 

@@ -15,6 +15,36 @@ SMALL_UNIVERSE = ("AAPL", "MSFT", "SPX")
 #: GARCH (measured: 0.056 against 0.077), so the end-to-end test exercises promotion and serving.
 SESSION = date(2017, 12, 29)
 
+#: Secret values planted in the environment of the small cycle (tests/integration/conftest.py):
+#: the serving token, cloud and database credentials, and passwords inside the URLs afterbell
+#: reads. None of them may appear in any file the cycle writes or in its output (issue 8). They
+#: are distinctive strings, so that a hit is a leak, not a coincidence.
+PLANTED_SECRETS: dict[str, str] = {
+    "serve_token": "plantedServeTok9f3k2a",
+    "aws_secret": "plantedAwsSecret8d2kQ",
+    "aws_key": "AKIAPLANTED7Q2E9X1Z",
+    "pg_password": "plantedPgPass5m1xW",
+    "mlflow_password": "plantedMlflowPw3z8R",
+    "feast_password": "plantedFeastPw4k7T",
+    "redis_password": "plantedRedisPw2j6Y",
+}
+
+
+def planted_secret_env() -> dict[str, str]:
+    """The environment variables that carry :data:`PLANTED_SECRETS`."""
+    p = PLANTED_SECRETS
+    return {
+        "AFTERBELL_SERVE_TOKEN": p["serve_token"],
+        "AWS_ACCESS_KEY_ID": p["aws_key"],
+        "AWS_SECRET_ACCESS_KEY": p["aws_secret"],
+        "PGPASSWORD": p["pg_password"],
+        "MLFLOW_TRACKING_USERNAME": "afterbell-e2e",
+        "MLFLOW_TRACKING_PASSWORD": p["mlflow_password"],
+        "AFTERBELL_FEAST_REGISTRY_URL":
+            f"postgresql+psycopg://postgres:{p['feast_password']}@127.0.0.1:5432/afterbell_feast",
+        "AFTERBELL_REDIS_URL": f"127.0.0.1:6379,db=3,password={p['redis_password']}",
+    }
+
 
 @pytest.fixture
 def small_settings(tmp_path: Path) -> Settings:

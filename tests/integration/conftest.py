@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from models.options import HestonParams, Market, heston_chain
-from tests.conftest import SESSION, small_env
+from tests.conftest import SESSION, planted_secret_env, small_env
 
 AFTERBELL = [sys.executable, "-m", "pipelines.cli"]
 
@@ -29,7 +29,8 @@ class _CycleRun:
 
     def __init__(self, root: Path) -> None:
         self.home = root / "afterbell"
-        self.env = {**os.environ, **small_env(self.home)}
+        # secrets planted for test_end_to_end's scan of every output (issue 8)
+        self.env = {**os.environ, **small_env(self.home), **planted_secret_env()}
         self.ingest: subprocess.CompletedProcess[str] | None = None
         self.run: subprocess.CompletedProcess[str] | None = None
         self.error: BaseException | None = None
@@ -104,6 +105,9 @@ def _cycle_started_early(request: pytest.FixtureRequest) -> None:
 def cycle(_cycle_run: _CycleRun) -> tuple[dict[str, str], Path, str]:
     """``afterbell run`` of the small configuration (tests/conftest.py) for SESSION, after
     ``afterbell options ingest-chain`` of :data:`CHAIN` as SPY's chain of the session.
+
+    The environment carries :func:`tests.conftest.planted_secret_env` (the serving token among
+    them): no output may contain those values.
 
     Returns the environment, the home and the run's stdout. Tests that change the state must
     work on a copy of the home (``shutil.copytree``); reading it, or ingesting input that must be

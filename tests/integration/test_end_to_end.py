@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import SESSION, SMALL_UNIVERSE
+from tests.conftest import PLANTED_SECRETS, SESSION, SMALL_UNIVERSE
 from tests.integration.conftest import AFTERBELL
 
 pytestmark = pytest.mark.slow
@@ -124,7 +124,9 @@ def test_served_endpoint_answers(cycle: tuple[dict[str, str], Path, str]) -> Non
     champion = json.loads(
         (home / "runs" / f"session={SESSION.isoformat()}" / "validation.json").read_text()
     )["champion_after"]
-    with TestClient(create_app(settings)) as client:
+    assert settings.serve_token == PLANTED_SECRETS["serve_token"]
+    auth = {"Authorization": f"Bearer {settings.serve_token}"}
+    with TestClient(create_app(settings), headers=auth) as client:
         unknown = client.get("/predict/NOPE")
         assert unknown.status_code == 404 and "NOPE" in unknown.json()["detail"]
         r = client.get(f"/predict/{SMALL_UNIVERSE[0]}")
@@ -492,3 +494,29 @@ def test_planted_constant_challenger_is_kept_a_planted_oracle_promoted_then_roll
     assert registry.get_version(settings, good).tags["rolled_back"] == "planted oracle"
     again = _run(["rollback"], env)
     assert again.returncode == 1 and "no 'previous' alias" in again.stderr
+
+
+def test_no_planted_secret_in_any_output(
+    cycle: tuple[dict[str, str], Path, str], _cycle_run: Any,
+) -> None:
+    """Issue 8: the cycle ran with secrets planted in its environment (the serving token, AWS
+    keys, PGPASSWORD, the MLflow login, passwords in the Feast registry and Redis URLs; see
+    ``tests.conftest.PLANTED_SECRETS``). None is in any byte of any file under the home (Airflow
+    metadata DB and task logs, MLflow DB with params and tags, artifacts and reports, the lake,
+    the offline and online stores, the run records, env.sh) nor in the commands' output. Runs
+    last in this module, after the tests that ran more commands on the home."""
+    _env, home, _ = cycle
+    needles = {name: value.encode() for name, value in PLANTED_SECRETS.items()}
+    outputs = [p for p in (_cycle_run.ingest, _cycle_run.run) if p is not None]
+    text = "".join((p.stdout or "") + (p.stderr or "") for p in outputs)
+    leaks = [f"{name} in the cycle's output" for name, value in PLANTED_SECRETS.items()
+             if value in text]
+    files = [p for p in sorted(home.rglob("*")) if p.is_file()]
+    assert len(files) > 100  # the whole tree: databases, logs, parquet, artifacts, reports
+    for path in files:
+        data = path.read_bytes()
+        leaks += [f"{name} in {path.relative_to(home)}" for name, value in needles.items()
+                  if value in data]
+    assert not leaks, leaks
+    # the planted values did reach the processes: the summary served with the token
+    assert "served" in _cycle_run.run.stdout

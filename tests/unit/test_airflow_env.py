@@ -49,10 +49,11 @@ def test_airflow_env_does_not_duplicate_path_entries(settings: Settings) -> None
     assert env["PYTHONPATH"] == str(REPO_ROOT)
 
 
-def _source(env_sh: Path, cwd: Path, script: str, path: str = "/usr/bin:/bin") -> str:
+def _source(env_sh: Path, cwd: Path, script: str, path: str = "/usr/bin:/bin",
+            extra: dict[str, str] | None = None) -> str:
     proc = subprocess.run(
         ["bash", "-c", f". {ae.shlex.quote(str(env_sh))} && {script}"],
-        env={"PATH": path, "HOME": str(cwd)},
+        env={"PATH": path, "HOME": str(cwd), **(extra or {})},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -74,6 +75,21 @@ def test_env_sh_sourced_in_bash(settings: Settings, tmp_path: Path) -> None:
     # plain CLIs resolve to the virtualenv from any working directory
     which = _source(env_sh, elsewhere, "command -v airflow mlflow feast python").split()
     assert which == [str(VENV_BIN / n) for n in ("airflow", "mlflow", "feast", "python")]
+
+
+def test_env_sh_never_writes_a_password(settings: Settings) -> None:
+    secret = "pw-" + "x7Q2e9"
+    with_secrets = settings.with_(
+        feast_registry_url=f"postgresql+psycopg://postgres:{secret}@db:5432/afterbell_feast",
+        redis_url=f"redis:6379,db=1,password={secret}")
+    env_sh = ae.write_env_sh(with_secrets)
+    text = env_sh.read_text()
+    assert secret not in text
+    assert "# AFTERBELL_REDIS_URL carries a secret" in text
+    # the sourcing shell's own value is kept
+    out = _source(env_sh, with_secrets.home,
+                  'echo "$AFTERBELL_REDIS_URL"', extra={"AFTERBELL_REDIS_URL": "mine"})
+    assert out.strip() == "mine"
 
 
 def test_env_sh_is_idempotent_and_keeps_callers_pythonpath(settings: Settings) -> None:
