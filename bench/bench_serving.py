@@ -450,12 +450,17 @@ def measure(targets: dict[str, Request], total: int, block: int, warmup: int
     return {name: Latency.of(samples[name], errors[name]) for name in targets}
 
 
-def _client_worker(port: int, paths: list[str], seconds: float, count: int,
+#: One request of a load client: (method, path, body).
+Call = tuple[str, str, bytes | None]
+
+
+def _client_worker(port: int, calls: list[Call], seconds: float, count: int,
                    go: Any, queue: Any) -> None:
-    """A load client process: GETs ``paths`` round robin for ``seconds`` or ``count`` requests,
-    from the moment ``go`` is set (every client is then started and connected)."""
+    """A load client process: makes ``calls`` round robin for ``seconds`` (0: no limit) or
+    ``count`` requests (0: no limit), from the moment ``go`` is set (every client is then
+    started and connected)."""
     client = Client(port)
-    client.call("GET", paths[0])
+    client.call(*calls[0])
     statuses: dict[int, int] = {}
     samples: list[float] = []
     queue.put({"ready": True})
@@ -467,33 +472,10 @@ def _client_worker(port: int, paths: list[str], seconds: float, count: int,
     while (count <= 0 or i < count) and (seconds <= 0 or time.perf_counter() < deadline):
         t0 = clock()
         try:
-            status, _ = client.call("GET", paths[i % len(paths)])
+            status, _ = client.call(*calls[i % len(calls)])
         except OSError:
             status = -1
             client = Client(port)
-        samples.append((clock() - t0) / 1e6)
-        statuses[status] = statuses.get(status, 0) + 1
-        i += 1
-    queue.put({"statuses": statuses, "samples": samples, "start": start,
-               "end": time.perf_counter()})
-
-
-def _feast_worker(port: int, bodies: list[bytes], seconds: float, go: Any, queue: Any) -> None:
-    """A load client process of ``feast serve`` (one symbol per request), like
-    :func:`_client_worker`."""
-    client = Client(port)
-    client.call("POST", "/get-online-features", bodies[0])
-    statuses: dict[int, int] = {}
-    samples: list[float] = []
-    queue.put({"ready": True})
-    go.wait()
-    start = time.perf_counter()
-    deadline = start + seconds
-    i = 0
-    clock = time.perf_counter_ns
-    while time.perf_counter() < deadline:
-        t0 = clock()
-        status, _ = client.call("POST", "/get-online-features", bodies[i % len(bodies)])
         samples.append((clock() - t0) / 1e6)
         statuses[status] = statuses.get(status, 0) + 1
         i += 1
@@ -653,7 +635,7 @@ def run(cfg: Config, keep: Path | None) -> Report:
         served += cfg.post_requests + cfg.warmup // 4
         report.memory.append((served, rss_mib(pid)))
 
-        paths = [f"/predict/{s}" for s in symbols]
+        paths: list[Call] = [("GET", f"/predict/{s}", None) for s in symbols]
         print(f"[bench] throughput: {cfg.clients} clients x {cfg.seconds:g} s", flush=True)
         statuses, samples, wall = run_clients(
             _client_worker,
@@ -662,10 +644,11 @@ def run(cfg: Config, keep: Path | None) -> Report:
         report.throughput["afterbell serve"] = throughput(statuses, samples, wall, cfg.clients)
         served += report.throughput["afterbell serve"].requests
         report.memory.append((served, rss_mib(pid)))
-        bodies = [feast_body([s]) for s in symbols]
+        bodies: list[Call] = [("POST", "/get-online-features", feast_body([s]))
+                              for s in symbols]
         statuses, samples, wall = run_clients(
-            _feast_worker,
-            lambda k: (servers["feast"].port, bodies[k:] + bodies[:k], cfg.seconds),
+            _client_worker,
+            lambda k: (servers["feast"].port, bodies[k:] + bodies[:k], cfg.seconds, 0),
             cfg.clients)
         report.throughput["feast serve (tuned)"] = throughput(statuses, samples, wall,
                                                               cfg.clients)
