@@ -1398,6 +1398,13 @@ def _forecast_column(out: Any) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(-1)
 
 
+def _probe_windows(n: int, width: int) -> np.ndarray:
+    """``n`` deterministic windows of ``width`` plausible values (0.05-0.35, vol-like) on which
+    a faster call path must reproduce the pyfunc's forecasts."""
+    grid = np.arange(n * width, dtype=np.float64).reshape(n, width)
+    return 0.05 + 0.3 * np.abs(np.sin(grid))
+
+
 def _fastest_call(
     model: Any, width: int | None
 ) -> tuple[Callable[[pd.DataFrame], np.ndarray], str]:
@@ -1430,8 +1437,7 @@ def _fastest_call(
             return np.asarray(out, dtype=np.float64).reshape(-1)
 
         candidates.insert(0, (network, "network"))
-    grid = np.arange(3 * width, dtype=np.float64).reshape(3, width)
-    probe = pd.DataFrame(0.05 + 0.3 * np.abs(np.sin(grid)), columns=_columns(width))
+    probe = pd.DataFrame(_probe_windows(3, width), columns=_columns(width))
     try:
         expected = pyfunc(probe)
     except Exception:
@@ -1478,8 +1484,7 @@ def _traced_forward(
             return np.asarray(out[:, 0] if out.ndim == 2 else out, dtype=np.float64)
 
         for n in (1, 3, 7):
-            grid = np.arange(n * lookback * n_features, dtype=np.float64)
-            probe = 0.05 + 0.3 * np.abs(np.sin(grid.reshape(n, -1)))
+            probe = _probe_windows(n, lookback * n_features)
             expected = pyfunc(pd.DataFrame(probe, columns=_columns(probe.shape[1])))
             if not np.allclose(forward(probe), expected, rtol=1e-6, atol=1e-9):
                 return None

@@ -673,13 +673,17 @@ def test_serve_window_serves_a_past_session_for_serve_seconds(
                for ln in lines), lines
 
 
-def test_serve_window_serves_a_live_session_until_its_close(
-    ctx: Ctx, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    registry = FakeRegistry("3")
+def _serve_from(registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every app ``live`` creates follow ``registry`` instead of MLflow."""
     real = serving.create_app
     monkeypatch.setattr(serving, "create_app", lambda settings, *a, **k: real(
         settings, resolve=registry.resolve, load=registry.load))
+
+
+def test_serve_window_serves_a_live_session_until_its_close(
+    ctx: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _serve_from(FakeRegistry("3"), monkeypatch)
     now = pd.Timestamp.now(tz="UTC")
     # a session whose close is 1.5 s away
     settings = ctx.settings.with_(serve_port=live.free_port())
@@ -696,10 +700,7 @@ def test_serve_window_serves_a_live_session_until_its_close(
 def test_serve_window_smoke_checks_a_past_session(
     ctx: Ctx, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = FakeRegistry("3")
-    real = serving.create_app
-    monkeypatch.setattr(serving, "create_app", lambda settings, *a, **k: real(
-        settings, resolve=registry.resolve, load=registry.load))
+    _serve_from(FakeRegistry("3"), monkeypatch)
     summary = live.serve_window(ctx.settings, pd.Timestamp("2018-12-24 14:30", tz="UTC"),
                                 pd.Timestamp("2018-12-24 18:00", tz="UTC"))
     assert summary == {"mode": "smoke", "session_close": "2018-12-24T18:00:00+00:00",
