@@ -35,6 +35,12 @@ Environment knobs (all optional)::
                               production: postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_optuna)
     AFTERBELL_FEAST_REGISTRY_URL   Feast SQL registry of the production profile (SQLAlchemy URL)
                               (postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_feast)
+    AFTERBELL_AIRFLOW_DB_URL  Airflow metadata database, SQLAlchemy URL  (embedded: SQLite, home;
+                              production: postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_airflow)
+    AFTERBELL_CELERY_BROKER_URL      Celery broker, production    (redis://127.0.0.1:6379/0)
+    AFTERBELL_CELERY_RESULT_BACKEND  Celery results, production   (db+ the Airflow metadata URL)
+    AFTERBELL_LAKE_URL        object-store copy of the lake, ``s3://bucket/prefix`` (embedded: none;
+                              production: s3://afterbell-lake/lake, on AFTERBELL_S3_ENDPOINT_URL)
     AFTERBELL_REDIS_URL       Feast Redis online store of the production profile, in Feast's
                               connection-string format ``host:port[,db=N][,password=...]``
                               (127.0.0.1:6379)
@@ -117,6 +123,14 @@ DEFAULT_REDIS_URL = "127.0.0.1:6379"
 #: must exist, Optuna creates its tables).
 DEFAULT_PRODUCTION_MLFLOW_URI = "http://127.0.0.1:5000"
 DEFAULT_PRODUCTION_OPTUNA_STORAGE = "postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_optuna"
+#: Production defaults of Airflow: metadata on PostgreSQL (the database must exist; ``airflow db
+#: migrate`` creates its tables), the Celery executor with a Redis broker (database 0; Feast's
+#: online store keeps to its own) and results in the metadata database.
+DEFAULT_PRODUCTION_AIRFLOW_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_airflow"
+DEFAULT_PRODUCTION_CELERY_BROKER = "redis://127.0.0.1:6379/0"
+#: Production default of the lake: a bucket of the S3-compatible store
+#: (``AFTERBELL_S3_ENDPOINT_URL``).
+DEFAULT_PRODUCTION_LAKE_URL = "s3://afterbell-lake/lake"
 #: What :func:`redact_url` puts in place of a secret.
 MASK = "***"
 
@@ -200,7 +214,8 @@ class TransformerTrainConfig:
 
 #: Settings fields holding URLs or connection strings: masked in ``repr`` (:func:`redact_url`).
 _URL_FIELDS: frozenset[str] = frozenset(
-    {"mlflow_uri", "mlflow_artifact_root", "optuna_storage", "feast_registry_url", "redis_url"}
+    {"mlflow_uri", "mlflow_artifact_root", "optuna_storage", "feast_registry_url", "redis_url",
+     "airflow_db_url", "celery_broker_url", "celery_result_backend", "lake_url"}
 )
 
 
@@ -254,6 +269,17 @@ class Settings:
     #: A synthetic universe (:mod:`pipelines.synthetic`) replacing the replay data (None: the
     #: replay data); ``universe`` is then its symbols.
     synthetic: UniverseSpec | None = None
+    #: SQLAlchemy URL of Airflow's metadata database ("" : the profile's default, see
+    #: :attr:`airflow_sql_alchemy_conn`).
+    airflow_db_url: str = ""
+    #: Celery broker of the production profile ("" : :data:`DEFAULT_PRODUCTION_CELERY_BROKER`).
+    celery_broker_url: str = ""
+    #: Celery result backend of the production profile ("" : the Airflow metadata database,
+    #: ``db+`` + :attr:`airflow_sql_alchemy_conn`).
+    celery_result_backend: str = ""
+    #: Object-store URL of the lake (``s3://bucket/prefix``) ("" : the profile's default, see
+    #: :attr:`lake_store_url`).
+    lake_url: str = ""
 
     def __post_init__(self) -> None:
         _check_serving(self)
@@ -419,6 +445,39 @@ class Settings:
             return DEFAULT_PRODUCTION_OPTUNA_STORAGE
         return f"sqlite:///{self.home / 'optuna' / 'optuna.db'}"
 
+    @property
+    def airflow_sql_alchemy_conn(self) -> str:
+        """Airflow metadata database: :attr:`airflow_db_url`, else the profile's default
+        (embedded: SQLite under the home with a 60 s busy timeout; production:
+        :data:`DEFAULT_PRODUCTION_AIRFLOW_DB`)."""
+        if self.airflow_db_url:
+            return self.airflow_db_url
+        if self.profile == "production":
+            return DEFAULT_PRODUCTION_AIRFLOW_DB
+        return f"sqlite:///{self.airflow_home / 'airflow.db'}?timeout=60"
+
+    @property
+    def celery_broker(self) -> str:
+        """Celery broker URL (production profile): :attr:`celery_broker_url` or the default."""
+        return self.celery_broker_url or DEFAULT_PRODUCTION_CELERY_BROKER
+
+    @property
+    def celery_results(self) -> str:
+        """Celery result backend (production profile): :attr:`celery_result_backend`, else the
+        Airflow metadata database (``db+postgresql+psycopg://...``)."""
+        return self.celery_result_backend or f"db+{self.airflow_sql_alchemy_conn}"
+
+    @property
+    def lake_store_url(self) -> str:
+        """Object-store URL of the lake, or "" when the lake lives only under the home.
+
+        :attr:`lake_url` when set; otherwise embedded: "" (``$AFTERBELL_HOME/lake``), production:
+        :data:`DEFAULT_PRODUCTION_LAKE_URL`.
+        """
+        if self.lake_url:
+            return self.lake_url
+        return DEFAULT_PRODUCTION_LAKE_URL if self.profile == "production" else ""
+
     def describe(self) -> dict[str, str]:
         """Where this installation keeps its state, secrets masked: for logs, stage records and
         MLflow tags (never the raw URLs).
@@ -442,6 +501,8 @@ class Settings:
             "optuna_storage": redact_url(self.optuna_storage_url),
             "feast_registry_url": redact_url(self.feast_registry_url),
             "redis_url": redact_url(self.redis_url),
+            "airflow_db": redact_url(self.airflow_sql_alchemy_conn),
+            "lake_store": redact_url(self.lake_store_url or str(self.lake_dir)),
         }
 
     def with_(self, **changes: object) -> Settings:
@@ -512,6 +573,10 @@ class Settings:
             mlflow_artifact_root=env.get("AFTERBELL_MLFLOW_ARTIFACTS", "").strip(),
             optuna_storage=env.get("AFTERBELL_OPTUNA_STORAGE", "").strip(),
             synthetic=synthetic,
+            airflow_db_url=env.get("AFTERBELL_AIRFLOW_DB_URL", "").strip(),
+            celery_broker_url=env.get("AFTERBELL_CELERY_BROKER_URL", "").strip(),
+            celery_result_backend=env.get("AFTERBELL_CELERY_RESULT_BACKEND", "").strip(),
+            lake_url=env.get("AFTERBELL_LAKE_URL", "").strip(),
         )
 
 
