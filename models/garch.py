@@ -712,7 +712,12 @@ def _egarch_simulated_variance(
 
 
 def _filter(
-    returns_pct: pd.Series, fit: GarchFit, start: int, name: str | None = None
+    returns_pct: pd.Series,
+    fit: GarchFit,
+    start: int,
+    name: str | None = None,
+    *,
+    forecast_start: int | None = None,
 ) -> np.ndarray:
     """Features of rows ``start:`` of ``returns_pct`` under the fixed parameters of ``fit``.
 
@@ -723,6 +728,9 @@ def _filter(
     and the variance bounds are constant, so row ``t >= 75`` depends on returns up to ``t`` only.
     EGARCH's multi-step forecast is :func:`_egarch_simulated_variance`; ``garch_forecast`` is
     capped at :data:`MAX_ANNUAL_VOL` (a warning names ``name`` and the first capped session).
+    The forecasts (``garch_forecast``, ``garch_vol_30d``) are made for origins
+    ``forecast_start:`` only (default ``start``; NaN before): the variance recursion is cheap, the
+    forecasts are not (EGARCH's are simulated per origin).
     """
     spec = fit.spec
     model = spec.build(returns_pct, seed=_EGARCH_SEED)
@@ -744,21 +752,22 @@ def _filter(
     var_bounds = np.tile(np.array([_VAR_BOUNDS]), (nobs, 1))
     sigma2 = np.zeros(nobs)
     vol.compute_variance(vol_p, resids, sigma2, backcast, var_bounds)
-    term = np.full(nobs - start, np.nan)
+    first = start if forecast_start is None else min(max(start, forecast_start), nobs - 1)
+    term = np.full(nobs - first, np.nan)
     if isinstance(vol, EGARCH) and spec.horizon > 1:  # no analytic multi-step EGARCH
         var_path = _egarch_simulated_variance(
-            vol, vol_p, resids, sigma2, float(backcast), start, spec.horizon,
+            vol, vol_p, resids, sigma2, float(backcast), first, spec.horizon,
             model.distribution.simulate(dist_p),
         )
     else:
         analytic_term = not isinstance(vol, EGARCH)  # EGARCH: analytic for one step only
         fc = vol.forecast(
-            vol_p, resids, backcast, var_bounds, start=start,
+            vol_p, resids, backcast, var_bounds, start=first,
             horizon=max(spec.horizon, TERM_SESSIONS) if analytic_term else spec.horizon,
             method="analytic",
         )
-        # Row i of the forecasts is origin start + i: E[sigma^2_{t+h} | F_t], h = 1..H.
-        full_path = np.asarray(fc.forecasts, dtype=float)[-(nobs - start) :]
+        # Row i of the forecasts is origin first + i: E[sigma^2_{t+h} | F_t], h = 1..H.
+        full_path = np.asarray(fc.forecasts, dtype=float)[-(nobs - first) :]
         var_path = full_path[:, : spec.horizon]
         if analytic_term:
             with np.errstate(over="ignore", invalid="ignore"):
@@ -770,17 +779,22 @@ def _filter(
         forecast = np.sqrt(_PERIODS_PER_YEAR * var_path.mean(axis=1)) / _SCALE
     capped = ~(forecast <= MAX_ANNUAL_VOL)  # NaN included
     if capped.any():
-        first = returns_pct.index[start + int(np.flatnonzero(capped)[0])]
+        first_capped = returns_pct.index[first + int(np.flatnonzero(capped)[0])]
         log.warning(
             "%s: %d garch_forecast value(s) of %s-%s above %.1f or non-finite, capped (first "
             "session %s, params %s)", _label(returns_pct, name), int(capped.sum()), spec.vol,
-            spec.dist, MAX_ANNUAL_VOL, first, fit.params,
+            spec.dist, MAX_ANNUAL_VOL, first_capped, fit.params,
         )
         forecast = np.where(capped, MAX_ANNUAL_VOL, forecast)
+    if first > start:  # no forecast made before forecast_start
+        gap = np.full(first - start, np.nan)
+        forecast, term = np.concatenate([gap, forecast]), np.concatenate([gap, term])
     return np.column_stack([sigma * annual / _SCALE, forecast, resids[start:] / sigma, term])
 
 
-def filter_garch(returns: pd.Series, fit: GarchFit, *, name: str | None = None) -> pd.DataFrame:
+def filter_garch(
+    returns: pd.Series, fit: GarchFit, *, name: str | None = None, last_only: bool = False
+) -> pd.DataFrame:
     """Run fixed parameters over ``returns`` and derive the GARCH features.
 
     Parameters
@@ -791,6 +805,13 @@ def filter_garch(returns: pd.Series, fit: GarchFit, *, name: str | None = None) 
         Parameters to apply; nothing is re-estimated.
     name : str, optional
         How warnings name the series (e.g. its symbol); default ``returns.name``.
+    last_only : bool
+        Forecast from the last session only (``garch_forecast`` and ``garch_vol_30d`` NaN on
+        the earlier rows; ``garch_vol`` and ``garch_std_resid`` everywhere): what a nightly
+        refit needs, at a cost that no longer grows with the history. The last row's
+        ``garch_forecast`` is the same as with ``last_only=False`` for the analytic (GARCH)
+        forecasts; EGARCH's multi-step forecast is simulated and draws other (equally
+        seeded) paths.
 
     Returns
     -------
@@ -816,7 +837,8 @@ def filter_garch(returns: pd.Series, fit: GarchFit, *, name: str | None = None) 
     if body.empty:
         return out
     out.iloc[len(returns) - len(body) :, :] = _filter(
-        body * _SCALE, fit, start=0, name=_label(returns, name)
+        body * _SCALE, fit, start=0, name=_label(returns, name),
+        forecast_start=len(body) - 1 if last_only else None,
     )
     return out
 
@@ -976,7 +998,7 @@ class GarchFamily:
             for model, per in self.fits.items():
                 fit = per[str(symbol)]
                 horizon = fit.spec.horizon
-                last = filter_garch(r, fit, name=str(symbol)).iloc[-1]
+                last = filter_garch(r, fit, name=str(symbol), last_only=True).iloc[-1]
                 row[f"{model}_vol"] = float(last["garch_vol"])
                 row[f"{model}_forecast"] = float(last["garch_forecast"])
             row["ewma_forecast"] = float(ewma_vol(r.fillna(0.0), horizon).iloc[-1])

@@ -43,10 +43,9 @@ from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from models.lstm import FittedLSTM, seq_columns
-
 if TYPE_CHECKING:
     from models.garch import GarchFamily
+    from models.lstm import FittedLSTM
     from models.transformer import FittedTransformer
 
 __all__ = [
@@ -138,6 +137,8 @@ class _WindowPyfunc(PythonModel, Generic[_Fitted]):
     def columns(self) -> list[str]:
         """Input columns, in order."""
         spec = self.fitted.spec
+        from models.lstm import seq_columns
+
         return seq_columns(spec.lookback, spec.n_features)
 
     def predict(
@@ -170,6 +171,8 @@ class GarchLSTMPyfunc(_WindowPyfunc["FittedLSTM"]):
     the columns of :func:`lstm_forecast_frame`."""
 
     def _load(self, path: str) -> FittedLSTM:
+        from models.lstm import FittedLSTM
+
         return FittedLSTM.load(path)
 
     def _forecast(self, X: np.ndarray, index: pd.Index) -> pd.DataFrame:
@@ -343,6 +346,8 @@ def log_lstm_model(
     if mlflow.active_run() is None:
         raise RuntimeError("log_lstm_model must be called inside an active MLflow run")
     spec = fitted.spec
+    from models.lstm import seq_columns
+
     example = _example(input_example, seq_columns(spec.lookback, spec.n_features))
     predictions = lstm_forecast_frame(fitted, example.to_numpy(), example.index)
     return _log_pyfunc(
@@ -390,6 +395,8 @@ def log_transformer_model(
     if mlflow.active_run() is None:
         raise RuntimeError("log_transformer_model must be called inside an active MLflow run")
     spec = fitted.spec
+    from models.lstm import seq_columns
+
     example = _example(input_example, seq_columns(spec.lookback, spec.n_features))
     predictions = fitted.predict(example.to_numpy(), index=example.index)
     return _log_pyfunc(

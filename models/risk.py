@@ -85,6 +85,7 @@ __all__ = [
     "christoffersen_cc",
     "christoffersen_independence",
     "filtered_historical_var",
+    "fit_student_t",
     "garch_fhs_var",
     "historical_stress",
     "historical_var",
@@ -323,7 +324,11 @@ def historical_var(returns: Any, level: float) -> RiskEstimate:
 
 
 def parametric_var(
-    returns: Any, level: float, dist: Literal["normal", "t"] = "normal"
+    returns: Any,
+    level: float,
+    dist: Literal["normal", "t"] = "normal",
+    *,
+    t_params: tuple[float, float, float] | None = None,
 ) -> RiskEstimate:
     """Parametric VaR and ES of a normal or Student-t fitted to ``returns``.
 
@@ -336,24 +341,35 @@ def parametric_var(
     dist : {"normal", "t"}
         ``"normal"``: sample mean and standard deviation (``ddof=1``); ``"t"``: maximum likelihood
         ``nu``, ``loc``, ``scale`` (:func:`scipy.stats.t.fit`).
+    t_params : tuple of float, optional
+        ``(nu, loc, scale)`` already fitted to ``returns`` (:func:`fit_student_t`), e.g. for
+        another level of the same window; ``dist="t"`` only.
 
     Returns
     -------
     RiskEstimate
         ``method`` is ``dist``. See :func:`normal_var_es` and :func:`student_t_var_es`.
     """
-    from scipy import stats
 
     level = _check_level(level)
     x = _as_returns(returns, min_obs=3)
     if dist == "normal":
         var, es = normal_var_es(level, float(x.mean()), float(x.std(ddof=1)))
     elif dist == "t":
-        nu, loc, scale = stats.t.fit(x)
-        var, es = student_t_var_es(level, float(nu), float(loc), float(scale))
+        nu, loc, scale = t_params if t_params is not None else fit_student_t(x)
+        var, es = student_t_var_es(level, nu, loc, scale)
     else:
         raise ValueError(f"dist must be 'normal' or 't', got {dist!r}")
     return RiskEstimate(var=var, cvar=es, level=level, method=dist)
+
+
+def fit_student_t(returns: Any) -> tuple[float, float, float]:
+    """Maximum-likelihood ``(nu, loc, scale)`` of a Student-t on ``returns``
+    (:func:`scipy.stats.t.fit`)."""
+    from scipy import stats
+
+    nu, loc, scale = stats.t.fit(_as_returns(returns, min_obs=3))
+    return float(nu), float(loc), float(scale)
 
 
 def filtered_historical_var(
@@ -459,7 +475,7 @@ def garch_fhs_var(
         fit = fit_garch(series, spec, starting_values)
     elif fit.spec != spec:
         raise ValueError(f"fit is of {fit.spec}, expected {spec}")
-    feats = filter_garch(series, fit)
+    feats = filter_garch(series, fit, last_only=True)
     sigma_next = float(feats["garch_forecast"].iloc[-1]) / math.sqrt(252.0)
     z = feats["garch_std_resid"].to_numpy(dtype=float)
     mu = fit.params["mu"] / 100.0
@@ -497,18 +513,19 @@ def var_table(returns: Any, levels: tuple[float, ...] = (0.95, 0.99)) -> pd.Data
     pandas.DataFrame
         Columns ``method, level, var, cvar``; rows ``historical``, ``normal``, ``t``,
         ``garch_fhs``, ``garch_t`` (in that order) for each level. The GARCH(1,1)-t model is
-        fitted once.
+        fitted once, and so is the Student-t.
     """
     if not levels:
         raise ValueError("levels must not be empty")
     rows: list[RiskEstimate] = []
     first = garch_fhs_var(returns, levels[0])
     by_level = {lv: garch_fhs_var(returns, lv, fit=first.fit) for lv in levels}
+    t_params = fit_student_t(returns)
     for lv in levels:
         rows += [
             historical_var(returns, lv),
             parametric_var(returns, lv, "normal"),
-            parametric_var(returns, lv, "t"),
+            parametric_var(returns, lv, "t", t_params=t_params),
             by_level[lv].fhs,
             by_level[lv].parametric,
         ]

@@ -454,7 +454,7 @@ def garch_rows(
             cold = fit_garch(returns, spec)
             fit = cold if cold.converged or cold.loglik > fit.loglik else fit
         fits[model] = fit
-        last = filter_garch(returns, fit, name=name).iloc[[-1]]
+        last = filter_garch(returns, fit, name=name, last_only=True).iloc[[-1]]
         if model == "garch":
             today = last.copy()
         else:

@@ -148,6 +148,27 @@ def test_filter_keeps_leading_nans(sp500: pd.Series) -> None:
     np.testing.assert_allclose(feats.iloc[1:].to_numpy(), filter_garch(sp500, fit).to_numpy())
 
 
+@pytest.mark.parametrize("vol", ["GARCH", "EGARCH"])
+def test_filter_last_only_forecasts_the_last_session_only(sp500: pd.Series, vol: str) -> None:
+    """The nightly refit's filter: the recursion everywhere, the forecast at the last origin."""
+    r = sp500.iloc[-1500:]
+    fit = fit_garch(r, GarchSpec(vol=vol, horizon=5))  # type: ignore[arg-type]
+    full, last = filter_garch(r, fit), filter_garch(r, fit, last_only=True)
+    assert last.index.equals(full.index)
+    for col in ("garch_vol", "garch_std_resid"):
+        np.testing.assert_allclose(last[col].to_numpy(), full[col].to_numpy())
+    assert last["garch_forecast"].iloc[:-1].isna().all()
+    assert last["garch_vol_30d"].iloc[:-1].isna().all()
+    if vol == "GARCH":  # analytic: the same number
+        np.testing.assert_allclose(last.iloc[-1].to_numpy(), full.iloc[-1].to_numpy())
+    else:  # simulated with other (seeded) draws: close, not equal; no 30-day term
+        assert last["garch_forecast"].iloc[-1] == pytest.approx(
+            full["garch_forecast"].iloc[-1], rel=0.05)
+        assert np.isnan(last["garch_vol_30d"].iloc[-1])
+    again = filter_garch(r, fit, last_only=True)
+    pd.testing.assert_frame_equal(again, last)  # deterministic
+
+
 def test_rolling_features_shape_and_warm_up(sp500: pd.Series) -> None:
     feats = rolling_garch_features(sp500, GarchSpec(), refit_every=63, min_obs=250)
     assert feats.index.equals(sp500.index)

@@ -245,8 +245,10 @@ def _load_in_fresh_process(
                 del sys.modules[mod]
             model = mlflow.pyfunc.load_model(uri)
             model.predict(pd.read_parquet(src)).to_parquet(dst)
-            origins[name] = [sys.modules["models.pyfunc"].__file__,
-                             sys.modules["pipelines.settings"].__file__]
+            # pipelines.settings: where the model's code imports it (not the GARCH family's)
+            origins[name] = [sys.modules[m].__file__
+                             for m in ("models.pyfunc", "pipelines.settings")
+                             if m in sys.modules]
         print(json.dumps(origins))
         """
     )
