@@ -22,6 +22,7 @@ from models.risk import (
     historical_var,
     hypothetical_shock,
     kupiec_pof,
+    ledoit_wolf,
     normal_var_es,
     parametric_var,
     run_scenario,
@@ -363,6 +364,22 @@ def test_shrunk_covariance_matches_sklearn() -> None:
     assert np.linalg.eigvalsh(cov_w.to_numpy()).min() > 0 and 0.0 < s_w <= 1.0
     with pytest.raises(ValueError, match="at least 2 rows"):
         shrunk_covariance(frame.iloc[:1])
+
+
+@pytest.mark.parametrize(("t", "n"), [(250, 1), (250, 2), (120, 30), (30, 400), (250, 400)])
+def test_ledoit_wolf_equals_sklearn(t: int, n: int) -> None:
+    """The gate's and the risk stage's estimator: sklearn's numbers, fat tails, a common
+    factor, more symbols than sessions."""
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(t + n)
+    x = 0.01 * (rng.standard_t(4, size=(t, n)) + rng.standard_normal((t, 1)))
+    cov, shrinkage = ledoit_wolf(x)
+    lw = LedoitWolf().fit(x)
+    np.testing.assert_allclose(cov, lw.covariance_, rtol=1e-10, atol=1e-18)
+    assert shrinkage == pytest.approx(lw.shrinkage_, rel=1e-10, abs=1e-15)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        ledoit_wolf(x[:1])
 
 
 # --------------------------------------------------------------------------------- stress
