@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.lake_sync import synced
 from pipelines.options_cli import add_options_parser, cmd_options
 from pipelines.settings import ALIAS_CHALLENGER, ALIAS_CHAMPION, Settings
 
@@ -139,21 +140,23 @@ def cmd_stage(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.name not in STAGES:
         raise ValueError(f"unknown stage {args.name!r}; stages: {', '.join(STAGES)}")
-    for fn in STAGES[args.name]:
-        _say(f"{args.name}.{fn.__name__} {args.session}")
-        result = fn(args.session, settings=settings)
-        print(json.dumps(result, indent=2, default=str))
-        if result.get("run") is False:
-            _say(f"{args.name} skipped: {result.get('reason', '')}")
-            break
+    with synced(settings):  # the lake store (production): pull, run, push
+        for fn in STAGES[args.name]:
+            _say(f"{args.name}.{fn.__name__} {args.session}")
+            result = fn(args.session, settings=settings)
+            print(json.dumps(result, indent=2, default=str))
+            if result.get("run") is False:
+                _say(f"{args.name} skipped: {result.get('reason', '')}")
+                break
     return 0
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.stages import ingest
 
-    print(json.dumps(ingest(args.session, source=args.source, settings=settings), indent=2,
-                     default=str))
+    with synced(settings):
+        summary = ingest(args.session, source=args.source, settings=settings)
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
@@ -372,6 +375,9 @@ def cmd_kill_switch(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_options_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.options_command == "ingest-chain":  # writes the lake
+        with synced(settings):
+            return cmd_options(args)
     return cmd_options(args)
 
 
@@ -382,7 +388,8 @@ def cmd_rates(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.calendar import to_date
 
     if args.rates_command == "ingest":
-        done = rates.ingest_rates(settings.lake_dir, args.source)
+        with synced(settings):
+            done = rates.ingest_rates(settings.lake_dir, args.source)
         _say(f"rates: {done.rows} curve dates {done.first}..{done.last} from {args.source} "
              f"stored in {done.path} ({done.replaced} replaced, {done.stored} in all)")
         return 0

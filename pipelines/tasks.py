@@ -35,17 +35,24 @@ def resolve(ds: str) -> dict[str, Any] | None:
 
 
 def run_stage(name: str, session: str) -> dict[str, Any]:
-    """Run ``pipelines.stages.<name>(session)``; bad data fails fast without retries."""
+    """Run ``pipelines.stages.<name>(session)``; bad data fails fast without retries.
+
+    With a lake store (the production profile) the home is synchronised around the stage
+    (:func:`pipelines.lake_sync.synced`): pulled before it, pushed after it, failed or not.
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
     from pipelines import stages
+    from pipelines.lake_sync import synced
     from pipelines.quality import DataQualityError
+    from pipelines.settings import Settings
     from pipelines.sources import SourceError
 
     if name not in STAGE_FUNCTIONS:
         raise ValueError(f"unknown stage function {name!r}")
     try:
-        result: dict[str, Any] = getattr(stages, name)(session)
+        with synced(Settings.from_env()):
+            result: dict[str, Any] = getattr(stages, name)(session)
     except (DataQualityError, SourceError) as exc:
         raise AirflowFailException(f"bad data, not retrying: {exc}") from exc
     return result

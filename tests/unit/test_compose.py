@@ -16,6 +16,7 @@ import inspect
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ import pytest
 import yaml
 
 from pipelines import airflow_env, settings, sources, tuning
+from pipelines.lake_sync import LakeStoreConfig
 from pipelines.settings import REPO_ROOT, Settings
+from tests.services import S3Endpoint, s3_server  # noqa: F401 (fixture)
 
 DOCKER = REPO_ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -430,6 +433,42 @@ def test_afterbell_variables_are_ones_the_code_reads(
         "@postgres:5432/afterbell_optuna")
     s3 = sources.S3Config.from_env(worker)
     assert s3.endpoint_url == "http://s3:9000" and s3.bucket
+    # every Airflow component (the workers run the stages) syncs the lake with the bucket
+    for name in AIRFLOW:
+        lake_store = LakeStoreConfig.from_settings(
+            Settings.from_env(environment(services[name])), environment(services[name]))
+        assert lake_store.url == "s3://afterbell-lake/lake", name
+        assert lake_store.endpoint_url == "http://s3:9000", name
+
+
+def test_s3_init_creates_every_bucket_the_code_uses(
+    raw: dict[str, Any], s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """s3-init's script, run against moto with its own environment, creates the raw-drop, MLflow
+    artifact and lake buckets: the lake bucket being the one of AFTERBELL_LAKE_URL (also when
+    LAKE_BUCKET renames it)."""
+    client = s3_server.client()
+    for lake_bucket in (None, f"lake-{uuid.uuid4().hex[:8]}"):
+        env = dummy_env() if lake_bucket is None else {**dummy_env(), "LAKE_BUCKET": lake_bucket}
+        services = resolve(raw["services"], env)
+        init = services["s3-init"]
+        script = init["command"][-1]
+        assert init["command"][:2] == ["python", "-c"]
+        init_env = environment(init)
+        worker = environment(services["airflow-worker"])
+        assert init_env["AFTERBELL_LAKE_URL"] == worker["AFTERBELL_LAKE_URL"]
+        assert init_env["AFTERBELL_S3_ENDPOINT_URL"] == worker["AFTERBELL_S3_ENDPOINT_URL"]
+        with monkeypatch.context() as mp:
+            for key, value in {**init_env, **s3_server.env}.items():
+                mp.setenv(key, value)
+            mp.setenv("AFTERBELL_S3_ENDPOINT_URL", s3_server.url)  # moto in place of MinIO
+            exec(compile(script, "s3-init", "exec"), {})  # the compose file's own script
+        have = {b["Name"] for b in client.list_buckets()["Buckets"]}
+        lake = LakeStoreConfig.from_settings(Settings.from_env(worker), worker)
+        assert lake.bucket == (lake_bucket or "afterbell-lake")
+        assert {lake.bucket, init_env["AFTERBELL_S3_BUCKET"], init_env["ARTIFACTS_BUCKET"]} <= have
+        assert f"s3-init: bucket {lake.bucket} ready" in capsys.readouterr().out
 
 
 def _airflow_options() -> dict[str, set[str]]:
