@@ -40,6 +40,9 @@ def running_server(
     poller down) and its thread joined."""
     import uvicorn
 
+    from pipelines.serving import serving_http_defaults
+
+    serving_http_defaults()
     if app is None:
         from pipelines.serving import create_app
 

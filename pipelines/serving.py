@@ -33,6 +33,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -1197,8 +1198,34 @@ async def _send_json(send: Send, status: int, body: Any,
     await send({"type": "http.response.body", "body": payload})
 
 
+#: MLflow HTTP client settings of a serving process, unless set in its environment: MLflow's
+#: defaults (7 retries with exponential backoff, 120 s a request) would keep a champion poll
+#: against an unreachable tracking server going for minutes before ``/health`` shows it
+#: (predictions go on from the loaded model either way).
+SERVING_MLFLOW_HTTP: Mapping[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def serving_http_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Put :data:`SERVING_MLFLOW_HTTP` into ``environ`` (default ``os.environ``) where unset.
+
+    Returns
+    -------
+    dict of str to str
+        The values in force afterwards (an operator's own setting wins).
+    """
+    env = os.environ if environ is None else environ
+    for key, value in SERVING_MLFLOW_HTTP.items():
+        env.setdefault(key, value)
+    return {key: env[key] for key in SERVING_MLFLOW_HTTP}
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Run the app with uvicorn until interrupted.
+    """Run the app with uvicorn until interrupted (MLflow's HTTP client bounded first:
+    :func:`serving_http_defaults`).
 
     Parameters
     ----------
@@ -1209,6 +1236,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     """
     import uvicorn
 
+    serving_http_defaults()
     uvicorn.run(
         create_app(settings),
         host=host or settings.serve_host,

@@ -938,3 +938,25 @@ def test_bad_serving_settings_are_named(env: dict[str, str], message: str) -> No
         Settings.from_env(env)
     assert message in str(err.value)
     assert "two words" not in str(err.value)
+
+
+def test_serving_bounds_mlflow_http_retries_unless_the_operator_set_them() -> None:
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+    )
+
+    from pipelines.serving import SERVING_MLFLOW_HTTP, serving_http_defaults
+
+    env: dict[str, str] = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+    shown = serving_http_defaults(env)
+    assert shown["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the operator's own
+    assert shown["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == SERVING_MLFLOW_HTTP[
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert env == shown
+    # the names are MLflow's own (a renamed variable would be silently ignored)
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.name in SERVING_MLFLOW_HTTP
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.name in SERVING_MLFLOW_HTTP
+    from mlflow import environment_variables as ev
+
+    assert all(hasattr(ev, name) for name in SERVING_MLFLOW_HTTP)
