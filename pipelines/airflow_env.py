@@ -1,10 +1,13 @@
-"""Adapter for the embedded Airflow: its environment, its metadata DB, and ``airflow dags test``.
+"""Adapter for Airflow: its environment, its metadata DB, and ``airflow dags test``.
 
 Everything here is cheap to import (standard library and :mod:`pipelines.settings` only): the
 CLI imports it before deciding whether Airflow is needed at all, and the DAG tasks import
 :func:`session_for` from it.
 
-* :func:`airflow_env` is the environment the embedded stack runs under (Airflow, MLflow, Feast).
+* :func:`airflow_env` is the environment the stack runs under (Airflow, MLflow, Feast). The
+  profile picks Airflow's deployment: ``embedded``, LocalExecutor on SQLite under the home;
+  ``production``, CeleryExecutor on PostgreSQL (:attr:`~pipelines.settings.Settings.
+  airflow_sql_alchemy_conn`) with a Redis broker and the result backend in the metadata DB.
 * :func:`write_env_sh` writes ``$AFTERBELL_HOME/env.sh`` so that ``. .afterbell/env.sh`` makes
   plain ``airflow``, ``mlflow`` and ``feast`` talk to that stack from any working directory.
 * :func:`ensure_airflow_db` runs ``airflow db migrate`` once (a fast no-op afterwards).
@@ -20,16 +23,18 @@ import shlex
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from pipelines.settings import REPO_ROOT, Settings, redact_url
 
 __all__ = [
     "airflow_env",
     "airflow_version",
+    "async_conn",
     "dags_test",
     "ensure_airflow_db",
     "run_states",
@@ -42,8 +47,15 @@ __all__ = [
 #: out retry delays in-process, so a deterministic failure would otherwise block for minutes.
 RETRIES_ENV = "AFTERBELL_TASK_RETRIES"
 
-#: Stamp written next to the SQLite DB after a successful ``airflow db migrate``.
+#: Stamp written into ``AIRFLOW_HOME`` after a successful ``airflow db migrate``.
 _STAMP = ".afterbell-db-migrated.json"
+
+#: Tables whose presence (with an alembic revision) means the metadata DB is migrated.
+_CORE_TABLES = ("dag_run", "task_instance", "dag_bundle")
+
+#: Celery worker processes of the production profile (``[celery] worker_concurrency``; Celery's
+#: default is 16 forks): as many as the scheduler may run at once (``[core] parallelism``).
+CELERY_CONCURRENCY = "4"
 
 #: Chatty library loggers turned down to WARNING everywhere (scheduler, workers, CLI).
 _QUIET_LIBS = ("great_expectations", "alembic", "httpx", "urllib3", "numexpr", "feast")
@@ -86,8 +98,35 @@ def airflow_version() -> str:
         return metadata.version("apache-airflow")
 
 
-def _db_path(settings: Settings) -> Path:
-    return settings.airflow_home / "airflow.db"
+def _is_sqlite(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0].lower() == "sqlite"
+
+
+def _is_postgres(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0].lower() in ("postgresql", "postgres")
+
+
+def _sqlite_file(url: str) -> Path:
+    """The file of a ``sqlite:///path[?query]`` URL."""
+    return Path(url.split(":///", 1)[1].split("?", 1)[0])
+
+
+def async_conn(url: str) -> str | None:
+    """``[database] sql_alchemy_conn_async`` for the metadata URL ``url``, or None (Airflow's
+    own choice: aiosqlite for SQLite).
+
+    Airflow 3 also builds an async engine and, left to itself, maps ``postgresql`` to asyncpg,
+    which is not installed: a PostgreSQL URL keeps its host, database and options on the
+    psycopg (v3) driver, which SQLAlchemy runs both sync and async.
+    """
+    if not _is_postgres(url):
+        return None
+    return "postgresql+psycopg:" + url.split(":", 1)[1]
+
+
+def _libpq_url(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL (``postgresql+psycopg://...``) as libpq reads it."""
+    return "postgresql:" + url.split(":", 1)[1]
 
 
 def _venv_bin() -> Path:
@@ -101,25 +140,45 @@ def _prefixed(first: str, rest: str | None) -> str:
 
 
 def airflow_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment variables the embedded stack needs (merge them over ``os.environ``).
+    """Environment variables the stack needs (merge them over ``os.environ``).
 
     ``PATH`` and ``PYTHONPATH`` are prefixed onto their values in ``base`` (default:
     ``os.environ``); every other value is absolute and independent of the working directory.
     ``PYTHONPATH`` carries the checkout root because ``pipelines`` must be importable by task
     processes started from any working directory (the editable install does not guarantee it).
+
+    The profile picks the executor: ``embedded`` the LocalExecutor, ``production`` the
+    CeleryExecutor (broker :attr:`~pipelines.settings.Settings.celery_broker`, results
+    :attr:`~pipelines.settings.Settings.celery_results`). The metadata DB is
+    :attr:`~pipelines.settings.Settings.airflow_sql_alchemy_conn` (embedded default: SQLite
+    under the home with a 60 s busy timeout); a PostgreSQL one gets its async engine on psycopg
+    too (:func:`async_conn`).
     """
     base = os.environ if base is None else base
     home = settings.home
+    production = settings.profile == "production"
+    conn = settings.airflow_sql_alchemy_conn
+    database = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": conn}
+    conn_async = async_conn(conn)
+    if conn_async is not None:
+        database["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = conn_async
+    celery = {
+        "AIRFLOW__CELERY__BROKER_URL": settings.celery_broker,
+        "AIRFLOW__CELERY__RESULT_BACKEND": settings.celery_results,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": CELERY_CONCURRENCY,
+    } if production else {}
     return {
         "AFTERBELL_HOME": str(home),
         "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_dir),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if production else "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        # 60 s busy timeout: a scheduler, an api-server and a CLI backfill share the SQLite file
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_db_path(settings)}?timeout=60",
+        # embedded: a 60 s busy timeout, as a scheduler, an api-server and a CLI backfill share
+        # the SQLite file (Settings.airflow_sql_alchemy_conn)
+        **database,
+        **celery,
         # api-server bind address ([api] host; 0.0.0.0 by default) and the URL task processes
         # use to reach its execution API (default http://localhost:8080/execution/).
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -183,8 +242,7 @@ def write_env_sh(settings: Settings) -> Path:
 
 
 # --------------------------------------------------------------------------------- metadata DB
-def _db_is_migrated(db: Path) -> bool:
-    """Cheap check: the SQLite file exists and has an alembic revision and the core tables."""
+def _sqlite_is_migrated(db: Path) -> bool:
     if not db.is_file():
         return False
     try:
@@ -202,22 +260,84 @@ def _db_is_migrated(db: Path) -> bool:
             con.close()
     except sqlite3.Error:
         return False
-    return rev is not None and len(tables) == 3
+    return rev is not None and len(tables) == len(_CORE_TABLES)
+
+
+def _pg_connect(url: str) -> Any:
+    """A psycopg connection to the SQLAlchemy PostgreSQL URL ``url`` (password: libpq's)."""
+    import psycopg
+
+    return psycopg.connect(_libpq_url(url), connect_timeout=10, autocommit=True)
+
+
+def _pg_is_migrated(url: str, pools: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    import psycopg
+
+    try:
+        with _pg_connect(url) as con:
+            tables = {
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema() AND table_name = ANY(%s)",
+                    (["alembic_version", *_CORE_TABLES],),
+                )
+            }
+            if len(tables) != len(_CORE_TABLES) + 1:
+                return False
+            if con.execute("SELECT version_num FROM alembic_version").fetchone() is None:
+                return False
+            if pools:
+                have = dict(con.execute(
+                    "SELECT pool, slots FROM slot_pool WHERE pool = ANY(%s)", (list(pools),)
+                ).fetchall())
+                if have != {name: p["slots"] for name, p in pools.items()}:
+                    return False
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _db_is_migrated(db: Path | str, pools: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    """Cheap check that a metadata DB has an alembic revision and the core tables.
+
+    ``db`` is a SQLite file (a :class:`~pathlib.Path`) or a SQLAlchemy URL. On PostgreSQL, a DB
+    shared with other hosts, ``pools`` (name -> ``slots``) must also be there as given (another
+    host's migrate does not create them); a server that does not answer counts as not migrated.
+    """
+    if isinstance(db, Path):
+        return _sqlite_is_migrated(db)
+    if _is_sqlite(db):
+        return _sqlite_is_migrated(_sqlite_file(db))
+    if _is_postgres(db):
+        return _pg_is_migrated(db, pools)
+    raise ValueError(f"unsupported Airflow metadata DB {redact_url(db)!r} "
+                     "(AFTERBELL_AIRFLOW_DB_URL: SQLite or PostgreSQL)")
+
+
+def _tail(proc: subprocess.CompletedProcess[str], lines: int = 30) -> str:
+    """The last lines of a CLI's output, any password of a URL in it masked."""
+    return redact_url("\n".join((proc.stdout + proc.stderr).strip().splitlines()[-lines:]))
 
 
 def ensure_airflow_db(settings: Settings) -> None:
     """Run ``airflow db migrate`` unless this Airflow version already migrated this DB.
 
     Also creates the ``training`` and ``serving`` pools with the slots of ``afterbell.toml``.
-    A no-op costs a few milliseconds: a stamp file (Airflow version, DB path, pools) next to the
-    DB and a read-only look at its ``alembic_version`` table. Concurrent callers serialise on a
-    lock.
+    A no-op is cheap: a stamp file (Airflow version, DB, pools) in ``AIRFLOW_HOME`` and a
+    read-only look at the DB's ``alembic_version`` table (a few milliseconds on SQLite; one
+    connection on PostgreSQL, which must exist: ``airflow db migrate`` creates the tables, not
+    the database). Concurrent callers of one home serialise on a lock (on PostgreSQL, Airflow's
+    migrate also takes a lock of its own). The stamp never holds a password.
     """
     from pipelines.schedule import load_config
 
     home = settings.airflow_home
     home.mkdir(parents=True, exist_ok=True)
-    db, stamp_path = _db_path(settings), home / _STAMP
+    conn = settings.airflow_sql_alchemy_conn
+    sqlite = _is_sqlite(conn)
+    target: Path | str = _sqlite_file(conn) if sqlite else conn
+    stamp_path = home / _STAMP
     cfg = load_config().pools
     pools = {
         "training": {"slots": cfg.training_slots, "include_deferred": False,
@@ -225,11 +345,13 @@ def ensure_airflow_db(settings: Settings) -> None:
         "serving": {"slots": cfg.serving_slots, "include_deferred": False,
                     "description": "afterbell live serving: never waits for training"},
     }
-    stamp = {"airflow": airflow_version(), "db": str(db), "pools": pools}
+    stamp = {"airflow": airflow_version(), "db": str(target) if sqlite else redact_url(conn),
+             "pools": pools}
 
     def up_to_date() -> bool:
         try:
-            return json.loads(stamp_path.read_text()) == stamp and _db_is_migrated(db)
+            return (json.loads(stamp_path.read_text()) == stamp
+                    and _db_is_migrated(target, None if sqlite else pools))
         except (OSError, ValueError):
             return False
 
@@ -246,9 +368,9 @@ def ensure_airflow_db(settings: Settings) -> None:
             text=True,
             check=False,
         )
-        if proc.returncode != 0 or not _db_is_migrated(db):
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-            raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}):\n{tail}")
+        if proc.returncode != 0 or not _db_is_migrated(target):
+            raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}) on "
+                               f"{redact_url(str(target))}:\n{_tail(proc)}")
         pools_file = home / "pools.json"
         pools_file.write_text(json.dumps(pools, indent=2))
         proc = subprocess.run(
@@ -256,37 +378,65 @@ def ensure_airflow_db(settings: Settings) -> None:
             env=_full_env(settings), capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-            raise RuntimeError(f"`airflow pools import` failed (exit {proc.returncode}):\n{tail}")
+            raise RuntimeError(f"`airflow pools import` failed (exit {proc.returncode}):\n"
+                               f"{_tail(proc)}")
         stamp_path.write_text(json.dumps(stamp))
 
 
 # --------------------------------------------------------------------------------- dags test
+_RUN_SQL = {
+    # SQLite keeps UTC timestamps as text; PostgreSQL as timestamptz
+    "sqlite": ("SELECT run_id FROM dag_run WHERE dag_id = ? AND substr(logical_date, 1, 10) = ? "
+               "ORDER BY id DESC LIMIT 1",
+               "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ? "
+               "ORDER BY task_id"),
+    "postgresql": ("SELECT run_id FROM dag_run WHERE dag_id = %s "
+                   "AND (logical_date AT TIME ZONE 'UTC')::date = %s::date "
+                   "ORDER BY id DESC LIMIT 1",
+                   "SELECT task_id, state FROM task_instance WHERE dag_id = %s AND run_id = %s "
+                   "ORDER BY task_id"),
+}
+
+
+def _states(rows: Sequence[tuple[Any, ...]]) -> dict[str, str]:
+    return {task_id: state or "none" for task_id, state in rows}
+
+
 def run_states(settings: Settings, dag_id: str, session: str) -> dict[str, str]:
     """Task id -> state of the latest run of ``dag_id`` whose logical date falls on ``session``.
 
-    Reads the SQLite metadata DB directly (no airflow import); empty if there is no such run.
+    Reads the metadata DB directly (SQLite read-only, or PostgreSQL with psycopg; no airflow
+    import); empty if there is no such run (or no DB yet).
     """
-    db = _db_path(settings)
+    conn = settings.airflow_sql_alchemy_conn
+    if _is_postgres(conn):
+        import psycopg
+
+        find_run, find_tasks = _RUN_SQL["postgresql"]
+        try:
+            with _pg_connect(conn) as pg:
+                row = pg.execute(find_run, (dag_id, session)).fetchone()
+                if row is None:
+                    return {}
+                return _states(pg.execute(find_tasks, (dag_id, row[0])).fetchall())
+        except psycopg.errors.UndefinedTable:  # not migrated yet
+            return {}
+    if not _is_sqlite(conn):
+        raise ValueError(f"unsupported Airflow metadata DB {redact_url(conn)!r} "
+                         "(AFTERBELL_AIRFLOW_DB_URL: SQLite or PostgreSQL)")
+    db = _sqlite_file(conn)
     if not db.is_file():
         return {}
+    find_run, find_tasks = _RUN_SQL["sqlite"]
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
-        row = con.execute(
-            "SELECT run_id FROM dag_run WHERE dag_id = ? AND substr(logical_date, 1, 10) = ? "
-            "ORDER BY id DESC LIMIT 1",
-            (dag_id, session),
-        ).fetchone()
+        row = con.execute(find_run, (dag_id, session)).fetchone()
         if row is None:
             return {}
-        rows = con.execute(
-            "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ? "
-            "ORDER BY task_id",
-            (dag_id, row[0]),
-        ).fetchall()
+        rows = con.execute(find_tasks, (dag_id, row[0])).fetchall()
     finally:
         con.close()
-    return {task_id: state or "none" for task_id, state in rows}
+    return _states(rows)
 
 
 def dags_test(

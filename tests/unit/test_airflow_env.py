@@ -1,4 +1,5 @@
-"""The embedded Airflow adapter: environment, env.sh, metadata DB set-up, dags test outcome."""
+"""The Airflow adapter: environment (embedded and production), env.sh, metadata DB set-up (SQLite
+and PostgreSQL), dags test outcome."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from pipelines import airflow_env as ae
 from pipelines.settings import REPO_ROOT, Settings
+from tests.services import pg_database  # noqa: F401 (fixture)
 
 VENV_BIN = Path(sys.executable).absolute().parent
 
@@ -148,7 +151,7 @@ def test_db_check_rejects_missing_or_empty_db(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- dags_test
-def _fake_db(settings: Settings, states: dict[str, str | None], session: str) -> None:
+def _fake_db(settings: Settings, states: Mapping[str, str | None], session: str) -> None:
     settings.airflow_home.mkdir(parents=True)
     con = sqlite3.connect(settings.airflow_home / "airflow.db")
     con.executescript(
@@ -204,3 +207,112 @@ def test_dags_test_exit_code(
     assert env["AIRFLOW_HOME"] == str(settings.airflow_home)
     assert env[ae.RETRIES_ENV] == "0"
     assert "task=WARNING" in env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"].split()
+
+
+# ------------------------------------------------------------------------------- production
+PG_URL = "postgresql+psycopg://postgres@db.example:5432/afterbell_airflow"
+
+
+def test_airflow_env_production_is_celery_on_postgres(settings: Settings) -> None:
+    prod = settings.with_(profile="production", airflow_db_url=PG_URL,
+                          celery_broker_url="redis://127.0.0.1:6379/5")
+    env = ae.airflow_env(prod, base={})
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == PG_URL
+    # Airflow 3 would map postgresql to asyncpg (not installed) for its async engine
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] == PG_URL
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:6379/5"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+{PG_URL}"
+    assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == env["AIRFLOW__CORE__PARALLELISM"]
+    assert env["AFTERBELL_PROFILE"] == "production"
+    # the defaults: the machine's PostgreSQL and Redis
+    default = ae.airflow_env(settings.with_(profile="production"), base={})
+    assert default["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == (
+        "postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_airflow")
+    assert default["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:6379/0"
+
+
+def test_airflow_env_embedded_has_no_celery_nor_async_conn(settings: Settings) -> None:
+    env = ae.airflow_env(settings, base={})
+    assert not any(k.startswith("AIRFLOW__CELERY__") for k in env)
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC" not in env  # Airflow's aiosqlite
+    # an embedded installation may still keep its metadata in PostgreSQL (LocalExecutor)
+    on_pg = ae.airflow_env(settings.with_(airflow_db_url=PG_URL), base={})
+    assert on_pg["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert on_pg["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] == PG_URL
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (PG_URL, PG_URL),
+        ("postgresql://u@h/db?sslmode=disable", "postgresql+psycopg://u@h/db?sslmode=disable"),
+        ("postgresql+psycopg2://u@h:5433/db", "postgresql+psycopg://u@h:5433/db"),
+        ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:////tmp/airflow.db?timeout=60", None),
+    ],
+)
+def test_async_conn(url: str, expected: str | None) -> None:
+    assert ae.async_conn(url) == expected
+
+
+def test_env_sh_never_writes_airflow_or_celery_passwords(settings: Settings) -> None:
+    secret = "pw-" + "c3l3ry"
+    prod = settings.with_(
+        profile="production",
+        airflow_db_url=f"postgresql+psycopg://postgres:{secret}@db:5432/airflow",
+        celery_broker_url=f"redis://:{secret}@redis:6379/0",
+    )
+    text = ae.write_env_sh(prod).read_text()
+    assert secret not in text
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC",
+                "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND"):
+        assert f"# {key} carries a secret" in text, key
+    assert "export AIRFLOW__CORE__EXECUTOR=CeleryExecutor" in text
+
+
+@pytest.mark.services
+def test_db_check_and_run_states_on_postgres(
+    settings: Settings,
+    pg_database: str,  # noqa: F811 (fixture)
+) -> None:
+    """The metadata-DB check and run_states read PostgreSQL (a stand-in schema of the columns
+    they read; the real migrate is exercised by tests/integration/test_services_airflow.py)."""
+    import psycopg
+
+    pools = {"training": {"slots": 1}, "serving": {"slots": 2}}
+    prod = settings.with_(profile="production", airflow_db_url=pg_database)
+    assert not ae._db_is_migrated(pg_database)
+    assert ae.run_states(prod, "d", "2018-12-31") == {}  # no tables yet
+    libpq = "postgresql:" + pg_database.split(":", 1)[1]
+    with psycopg.connect(libpq, autocommit=True) as con:
+        con.execute(
+            "CREATE TABLE alembic_version (version_num text);"
+            "CREATE TABLE dag_bundle (name text);"
+            "CREATE TABLE dag_run (id serial PRIMARY KEY, dag_id text, run_id text, "
+            "  logical_date timestamptz);"
+            "CREATE TABLE task_instance (dag_id text, task_id text, run_id text, state text);"
+            "CREATE TABLE slot_pool (pool text, slots int);"
+        )
+        assert not ae._db_is_migrated(pg_database)  # no revision yet
+        con.execute("INSERT INTO alembic_version VALUES ('abc123')")
+        assert ae._db_is_migrated(pg_database)
+        assert not ae._db_is_migrated(pg_database, pools)  # pools missing
+        con.execute("INSERT INTO slot_pool VALUES ('training', 1), ('serving', 2)")
+        assert ae._db_is_migrated(pg_database, pools)
+        assert ae.run_states(prod, "d", "2018-12-31") == {}
+        # the session is the UTC date of the logical date (the 14:30 UTC open of the session)
+        con.execute("INSERT INTO dag_run (dag_id, run_id, logical_date) VALUES "
+                    "('d', 'old', '2018-12-31 14:30:00+00'), "
+                    "('d', 'new', '2018-12-31 14:30:00+00'), "
+                    "('d', 'other', '2019-01-02 14:30:00+00')")
+        con.execute("INSERT INTO task_instance VALUES ('d', 'a', 'old', 'failed'), "
+                    "('d', 'a', 'new', 'success'), ('d', 'b', 'new', NULL), "
+                    "('d', 'a', 'other', 'failed')")
+    assert ae.run_states(prod, "d", "2018-12-31") == {"a": "success", "b": "none"}
+    assert ae.run_states(prod, "d", "2019-01-02") == {"a": "failed"}
+    assert ae.run_states(prod, "d", "2019-01-01") == {}
+
+
+def test_db_check_on_an_unreachable_postgres_is_false() -> None:
+    assert not ae._db_is_migrated("postgresql+psycopg://postgres@127.0.0.1:1/none")
