@@ -156,11 +156,41 @@ def write_offline_table(settings: Settings, view: ViewName, df: pd.DataFrame) ->
         out["asof"] = out["asof"].astype("int64")
     out = out.sort_values([TIMESTAMP_COLUMN, "symbol"], kind="stable").reset_index(drop=True)
 
-    table = pa.Table.from_pandas(out, preserve_index=False)
-    if view == "lstm_window":
-        seq_idx = table.schema.get_field_index("seq")
-        table = table.set_column(seq_idx, "seq", table.column("seq").cast(pa.list_(pa.float64())))
+    if view != "lstm_window":
+        table = pa.Table.from_pandas(out, preserve_index=False)
+    else:
+        position = list(out.columns).index("seq")
+        seq = _list_column(out["seq"])
+        table = pa.Table.from_pandas(out.drop(columns="seq"), preserve_index=False)
+        table = table.add_column(position, "seq", seq)
     return lake.write_atomic(path, lambda fh: pq.write_table(table, fh))
+
+
+def _list_column(values: pd.Series) -> Any:
+    """``values`` (one sequence of floats per row) as an Arrow ``list<double>`` array, built
+    from one contiguous buffer (no per-value Python objects); rows with a missing sequence
+    go through Arrow's own conversion."""
+    import numpy as np
+    import pyarrow as pa
+
+    items = values.to_list()
+    if any(v is None or (isinstance(v, float) and v != v) for v in items):
+        return pa.array(items, type=pa.list_(pa.float64()))
+    chunks = []
+    for lo in range(0, max(len(items), 1), _LIST_CHUNK_ROWS):  # int32 offsets per chunk
+        part = items[lo : lo + _LIST_CHUNK_ROWS]
+        offsets = np.zeros(len(part) + 1, dtype=np.int32)
+        np.cumsum(np.fromiter((len(v) for v in part), dtype=np.int32, count=len(part)),
+                  out=offsets[1:])
+        flat = (np.concatenate([np.asarray(v, dtype=np.float64) for v in part])
+                if part else np.empty(0, dtype=np.float64))
+        chunks.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
+    return pa.chunked_array(chunks, type=pa.list_(pa.float64()))
+
+
+#: Rows of one chunk of a ``list<double>`` column (:func:`_list_column`): its values stay far
+#: below the 2**31 that Arrow's int32 list offsets can address.
+_LIST_CHUNK_ROWS = 250_000
 
 
 # ------------------------------------------------------------------------------------- store
