@@ -63,12 +63,11 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipelines.settings import redact_url
 
@@ -264,23 +263,9 @@ class _Manifest:
 
 
 def _write_atomic(dest: Path, data: bytes) -> None:
-    tmp = _temp_path(dest)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    from pipelines import lake  # pandas and pyarrow: only where a sync writes
 
-
-def _temp_path(dest: Path) -> Path:
-    """``.<name>.<pid>.<hex>.tmp`` next to ``dest``: the lake's temporary names (hidden from its
-    readers, removed by its next write of ``dest`` once this process is gone)."""
-    return dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    lake.write_atomic(dest, lambda fh: fh.write(data))
 
 
 def _md5_of(fh: Any) -> str:
@@ -528,25 +513,21 @@ class LakeStore:
             dest.parent.mkdir(parents=True, exist_ok=True)
             response = self.client().get_object(Bucket=self.config.bucket, Key=key)
             etag = str(response.get("ETag", etag))
-            tmp = _temp_path(dest)
             digest = hashlib.md5(usedforsecurity=False)
-            try:
-                with open(tmp, "wb") as fh:
-                    body = response["Body"]
-                    for block in iter(lambda: body.read(_CHUNK), b""):
-                        digest.update(block)
-                        fh.write(block)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                    got = fh.tell()
-                expected = response.get("ContentLength")
+            expected = response.get("ContentLength")
+
+            def fill(fh: BinaryIO) -> None:
+                body = response["Body"]
+                for block in iter(lambda: body.read(_CHUNK), b""):
+                    digest.update(block)
+                    fh.write(block)
+                got = fh.tell()
                 if expected is not None and int(expected) != got:
                     raise OSError(f"truncated download: {got} of {expected} bytes")
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                raise
+
+            from pipelines import lake  # pandas and pyarrow: only where a sync writes
+
+            lake.write_atomic(dest, fill)  # temp file, fsync, rename; none left on error
             st = dest.stat()
         except LakeSyncError:
             raise
