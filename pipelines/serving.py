@@ -305,6 +305,29 @@ def version_refusal(ref: ModelRef, settings: Settings) -> str | None:
     return window_mismatch(ref) or stale_champion(ref, settings.default_session)
 
 
+def session_served_at(now: datetime) -> date:
+    """The NYSE session a long-running service serves at ``now`` (``AFTERBELL_SERVE_FOLLOW``).
+
+    Each session is served from its pre-market window on (``afterbell.toml`` ``[windows]``,
+    07:00 New York: its features, as of the previous close, are online by then) until the next
+    session's: on a Saturday, Friday's session; on Monday at 06:00, still Friday's.
+
+    Raises
+    ------
+    ValueError
+        If the calendar has no session in the three weeks before ``now``.
+    """
+    from pipelines.schedule import NEW_YORK, load_config
+
+    pre_market = load_config().windows.pre_market
+    local = now.astimezone(NEW_YORK)
+    days = calendar.sessions_between(local.date() - timedelta(days=21), local.date())
+    for day in reversed(days):
+        if datetime.combine(day, pre_market, tzinfo=NEW_YORK) <= local:
+            return day
+    raise ValueError(f"no NYSE session before {local.isoformat()} in the calendar")
+
+
 def expected_asof(served_session: date) -> pd.Timestamp | None:
     """Oldest ``asof`` a feature row may have to serve ``served_session``: the close (UTC) of
     the last session before it. None if the calendar does not cover the date."""
@@ -486,9 +509,10 @@ class _Runtime:
         self._resolve = resolve
         self._load = load
         self._initial = predictor
-        asof = expected_asof(settings.default_session)
-        self.expected_asof: int | None = None if asof is None else int(asof.timestamp())
-        self.expected_iso = None if asof is None else asof.isoformat()
+        self.expected_asof: int | None = None
+        self.expected_iso: str | None = None
+        self._serve_session(settings.default_session)
+        self.roll_session(_now())
         #: THE served model: replaced by one assignment, read once per request.
         self.served: Served | None = None
         self.model_error: str | None = None
@@ -519,6 +543,32 @@ class _Runtime:
         #: (version, tags) of a version not served -> (monotonic time of the next attempt,
         #: failed loads so far)
         self._attempts: dict[tuple[str, frozenset[tuple[str, str]]], tuple[float, int]] = {}
+
+    # --------------------------------------------------------------------------- session
+    def _serve_session(self, day: date) -> None:
+        """Serve ``day``: the settings' ``default_session`` and the oldest feature ``asof``."""
+        if day != self.settings.default_session:
+            self.settings = self.settings.with_(default_session=day)
+        asof = expected_asof(day)
+        self.expected_asof = None if asof is None else int(asof.timestamp())
+        self.expected_iso = None if asof is None else asof.isoformat()
+
+    def roll_session(self, now: datetime) -> bool:
+        """With ``serve_follow``, move to the session :func:`session_served_at` ``now``; True if
+        it changed. Feature rows older than the new session's previous close are stale from then
+        on (503 naming them); the model served goes on (a new version is checked against the new
+        session's ``max_champion_age``)."""
+        if not self.settings.serve_follow:
+            return False
+        day = session_served_at(now)
+        previous = self.settings.default_session
+        if day == previous and self.expected_iso is not None:
+            return False
+        self._serve_session(day)
+        if day != previous:
+            log.info("serving session %s (was %s): features as of %s or later", day, previous,
+                     self.expected_iso)
+        return day != previous
 
     # ------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -554,6 +604,7 @@ class _Runtime:
     def _poll_forever(self) -> None:
         while not self._stop.wait(self.settings.serve_poll_seconds):
             try:
+                self.roll_session(_now())
                 self.poll_once()
             except Exception:  # never let the poller die
                 log.exception("champion poll failed")
@@ -1041,7 +1092,8 @@ def create_app(
             "status": "degraded" if reasons else "ok",
             "reason": "; ".join(reasons) or None,
             "model": model,
-            "served_session": settings.default_session.isoformat(),
+            "served_session": runtime.settings.default_session.isoformat(),
+            "follows_clock": runtime.settings.serve_follow,
             "champion": runtime.champion,
             "last_refused": runtime.last_refused,
             "registry": runtime.registry_state(),

@@ -30,6 +30,8 @@ Environment knobs (all optional)::
     AFTERBELL_SERVE_POLL_SECONDS   period of the serving app's champion alias polling  (10)
     AFTERBELL_SERVE_MAX_BATCH most symbols one ``POST /predict`` may ask for           (100)
     AFTERBELL_SERVE_SECONDS   serve for at most this many seconds (a shortened session) (none)
+    AFTERBELL_SERVE_FOLLOW    1: ``afterbell serve`` follows the NYSE clock (the session of the
+                              day from its pre-market window on), not AFTERBELL_SESSION    (0)
     AFTERBELL_MAX_TRAIN_ROWS  cap on training windows, most recent kept (0: none)     (0)
     AFTERBELL_OPTUNA_STORAGE  Optuna storage URL (embedded: sqlite:///$AFTERBELL_HOME/optuna/optuna.db;
                               production: postgresql+psycopg://postgres@127.0.0.1:5432/afterbell_optuna)
@@ -256,6 +258,9 @@ class Settings:
     #: Serve for at most this many seconds (None: until the session's close); also runs the
     #: service for this long when the session is already over (``airflow dags test``).
     serve_seconds: float | None = None
+    #: ``afterbell serve`` as a long-running service: the served session follows the NYSE
+    #: clock (each session from its pre-market window on) instead of ``default_session``.
+    serve_follow: bool = False
     #: SQLAlchemy URL of Feast's SQL registry (production profile only).
     feast_registry_url: str = DEFAULT_FEAST_REGISTRY_URL
     #: Feast Redis connection string ``host:port[,db=N][,password=...]`` (production only).
@@ -567,6 +572,7 @@ class Settings:
             serve_poll_seconds=_float(env, "AFTERBELL_SERVE_POLL_SECONDS", 10.0),
             serve_max_batch=_int(env, "AFTERBELL_SERVE_MAX_BATCH", 100),
             serve_seconds=_float(env, "AFTERBELL_SERVE_SECONDS", None),
+            serve_follow=_bool(env, "AFTERBELL_SERVE_FOLLOW"),
             feast_registry_url=env.get("AFTERBELL_FEAST_REGISTRY_URL")
             or DEFAULT_FEAST_REGISTRY_URL,
             redis_url=env.get("AFTERBELL_REDIS_URL") or DEFAULT_REDIS_URL,
@@ -612,6 +618,15 @@ def _synthetic(value: str, end: date, years: int) -> UniverseSpec | None:
         return UniverseSpec(end=end, **fields_)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ValueError(f"AFTERBELL_SYNTHETIC: {exc}") from None
+
+
+def _bool(env: dict[str, str], key: str) -> bool:
+    raw = (env.get(key) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{key} must be 1/true/yes/on or 0/false/no/off, got {env.get(key)!r}")
 
 
 def _int(env: dict[str, str], key: str, default: int) -> int:

@@ -428,6 +428,7 @@ def test_afterbell_variables_are_ones_the_code_reads(
         assert "db=1" in options.split(",")
     serving = Settings.from_env(environment(services["serving"]))
     assert serving.serve_token, "the serving app requires a bearer token"
+    assert serving.serve_follow, "the long-running app follows the NYSE clock"
     worker = environment(services["airflow-worker"])
     assert tuning.study_storage(Settings.from_env(worker), worker).endswith(
         "@postgres:5432/afterbell_optuna")

@@ -960,3 +960,42 @@ def test_serving_bounds_mlflow_http_retries_unless_the_operator_set_them() -> No
     from mlflow import environment_variables as ev
 
     assert all(hasattr(ev, name) for name in SERVING_MLFLOW_HTTP)
+
+
+@pytest.mark.parametrize(("utc", "served"), [
+    ("2018-12-28 11:59", "2018-12-27"),  # Friday 06:59 New York: Thursday's session still
+    ("2018-12-28 12:00", "2018-12-28"),  # Friday's pre-market window: Friday's session
+    ("2018-12-29 18:00", "2018-12-28"),  # Saturday
+    ("2018-12-31 11:00", "2018-12-28"),  # Monday 06:00
+    ("2019-01-01 17:00", "2018-12-31"),  # New Year's Day: no session
+    ("2018-03-12 10:59", "2018-03-09"),  # the Monday after the spring DST change, 06:59 EDT
+    ("2018-03-12 11:00", "2018-03-12"),  # 07:00 EDT (12:00 UTC in winter)
+])
+def test_session_served_at_follows_the_nyse_clock(utc: str, served: str) -> None:
+    now = pd.Timestamp(utc, tz="UTC").to_pydatetime()
+    assert serving.session_served_at(now) == date.fromisoformat(served)
+
+
+def test_a_following_service_rolls_to_the_new_session_and_its_staleness(tmp_path: Path) -> None:
+    follow = Settings(home=tmp_path, serve_follow=True)
+    runtime = serving._Runtime(follow, None, None, None)  # rolled to the clock's session
+    assert runtime.settings.default_session == serving.session_served_at(datetime.now(UTC))
+    monday = pd.Timestamp("2018-12-31 12:30", tz="UTC").to_pydatetime()  # 07:30 New York
+    assert runtime.roll_session(monday)
+    assert runtime.settings.default_session == date(2018, 12, 31)
+    assert runtime.expected_iso == "2018-12-28T21:00:00+00:00"  # Friday's close
+    assert not runtime.roll_session(monday)  # same session: nothing to do
+    wednesday = pd.Timestamp("2019-01-02 12:30", tz="UTC").to_pydatetime()
+    assert runtime.roll_session(wednesday)
+    assert runtime.expected_iso == "2018-12-31T21:00:00+00:00"
+    # without serve_follow the configured session stays, whatever the clock says
+    fixed = serving._Runtime(Settings(home=tmp_path), None, None, None)
+    assert not fixed.roll_session(wednesday)
+    assert fixed.settings.default_session == Settings(home=tmp_path).default_session
+
+
+def test_serve_follow_setting() -> None:
+    assert Settings.from_env({"AFTERBELL_SERVE_FOLLOW": "1"}).serve_follow
+    assert not Settings.from_env({}).serve_follow
+    with pytest.raises(ValueError, match="AFTERBELL_SERVE_FOLLOW"):
+        Settings.from_env({"AFTERBELL_SERVE_FOLLOW": "maybe"})
