@@ -19,6 +19,7 @@ Environment knobs (all optional)::
     AFTERBELL_HOLDOUT         out-of-sample sessions used by the validation stage     (250)
     AFTERBELL_GARCH_REFIT     sessions between expanding-window GARCH refits in history (63)
     AFTERBELL_SEED            global seed                                             (7)
+    AFTERBELL_WORKERS         processes of a stage's per-symbol work (GARCH backfill) (0: all)
     AFTERBELL_MLFLOW_URI      MLflow tracking URI     (embedded: sqlite:///$AFTERBELL_HOME/mlflow/mlflow.db;
                               production: http://127.0.0.1:5000, the tracking server)
     AFTERBELL_MLFLOW_ARTIFACTS  artifact root of new experiments, e.g. ``s3://bucket/mlflow``
@@ -240,6 +241,8 @@ class Settings:
     extra_horizons: tuple[int, ...] = (1, 22)
     garch_refit_every: int = 63
     garch_min_obs: int = 250
+    #: Processes of the per-symbol work of a stage (the GARCH backfill; 0: every core).
+    workers: int = 0
     holdout_sessions: int = 250
     train: TrainConfig = field(default_factory=TrainConfig)
     transformer: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
@@ -563,6 +566,7 @@ class Settings:
             default_session=default_session,
             holdout_sessions=_int(env, "AFTERBELL_HOLDOUT", 250),
             garch_refit_every=_int(env, "AFTERBELL_GARCH_REFIT", 63),
+            workers=_int(env, "AFTERBELL_WORKERS", 0),
             train=train,
             transformer=transformer,
             mlflow_uri=env.get("AFTERBELL_MLFLOW_URI", ""),
@@ -646,6 +650,9 @@ MAX_SERVE_POLL_SECONDS = 20.0
 
 def _check_serving(s: Settings) -> None:
     """Refuse serving settings the app cannot honour, naming the field and its variable."""
+    if s.workers < 0:
+        raise ValueError(f"workers (AFTERBELL_WORKERS) must be >= 0 (0: every core), "
+                         f"got {s.workers!r}")
     if not 0 < s.serve_poll_seconds <= MAX_SERVE_POLL_SECONDS:
         raise ValueError(
             f"serve_poll_seconds (AFTERBELL_SERVE_POLL_SECONDS) must be > 0 and <= "

@@ -468,6 +468,22 @@ def garch_rows(
     return rows[list(GARCH_COLUMNS)], fits
 
 
+#: One symbol's GARCH work: symbol, returns, history sessions to fill, warm starts per model,
+#: specs, refit cadence, minimum returns (the arguments of :func:`garch_rows`).
+_GarchJob = tuple[str, pd.Series, list[pd.Timestamp], dict[str, "np.ndarray | None"],
+                  Mapping[str, Any], int, int]
+#: History rows to fill (all symbols together) from which the GARCH backfill runs in a process
+#: pool (:mod:`pipelines.parallel`): below it the pool's start-up costs more than it saves.
+PARALLEL_MIN_HISTORY_ROWS = 20_000
+
+
+def _garch_job(job: _GarchJob) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`garch_rows` of one symbol (a pool's unit of work)."""
+    symbol, r, history, starts, specs, refit_every, min_obs = job
+    return garch_rows(r, specs, history=history, refit_every=refit_every, min_obs=min_obs,
+                      starts=starts, name=symbol)
+
+
 def refit_garch(session: str, settings: Settings | None = None) -> Summary:
     """Refit GARCH(1,1)-t and EGARCH(1,1)-t per symbol on returns up to the session, and the
     RiskMetrics EWMA forecast: the econometric inputs of the GARCH-LSTM (Kim & Won).
@@ -498,6 +514,7 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
     previous = _previous_params(s, d)
     rows, params = [], []
     family: dict[str, dict[str, Any]] = {name: {} for name in specs}
+    jobs: list[_GarchJob] = []
     for symbol, g in feats.groupby("symbol", sort=True):
         r = g.set_index("session")["ret_1"].dropna()
         if len(r) < s.garch_min_obs or r.index[-1] != pd.Timestamp(d):
@@ -508,11 +525,14 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
             stored = previous.get((keys[name], str(symbol)))
             starts[name] = (np.array([stored[n] for n in names], dtype=float)
                             if isinstance(stored, dict) and set(stored) == set(names) else None)
-        out_rows, fits = garch_rows(
-            r, specs, history=[t for t in r.index[:-1] if t.date() not in present],
-            refit_every=s.garch_refit_every, min_obs=s.garch_min_obs, starts=starts,
-            name=str(symbol),
-        )
+        jobs.append((str(symbol), r, [t for t in r.index[:-1] if t.date() not in present],
+                     starts, specs, s.garch_refit_every, s.garch_min_obs))
+    from pipelines.parallel import map_symbols
+
+    backfill = sum(len(job[2]) for job in jobs)
+    results = map_symbols(_garch_job, jobs, workers=s.workers,
+                          parallel=backfill >= PARALLEL_MIN_HISTORY_ROWS)
+    for (symbol, *_), (out_rows, fits) in zip(jobs, results, strict=True):
         rows.append(out_rows.assign(symbol=symbol))
         for name, fit in fits.items():
             family[name][str(symbol)] = fit
