@@ -72,8 +72,8 @@ class SizeRun:
     def total(self, night: str, stages: tuple[str, ...] = TARGET_STAGES) -> float:
         return sum(r.seconds for r in getattr(self, night) if r.stage in stages)
 
-    def peak(self, night: str) -> float:
-        runs = getattr(self, night)
+    def peak(self, night: str, stages: tuple[str, ...] = TARGET_STAGES) -> float:
+        runs = [r for r in getattr(self, night) if r.stage in stages]
         return max((r.peak_mib for r in runs), default=math.nan)
 
 
@@ -175,8 +175,8 @@ def render(sizes: list[SizeRun], args: argparse.Namespace) -> str:
                      "(1 = linear)")
         lines.append("")
     lines.append("* close_analysis, light_training, data_processing, validation, pre_market "
-                 "(heavy_training at a fixed small budget apart); M = peak MiB of the largest "
-                 "stage")
+                 "(heavy_training at a fixed small budget apart); M = the largest peak MiB of "
+                 "those five (heavy_training's own is in its row)")
     biggest = max(sizes, key=lambda r: r.symbols)
     for night in ("first", "nightly"):
         t, m = biggest.total(night), max(biggest.peak(night), 0.0)
