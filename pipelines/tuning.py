@@ -44,7 +44,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -348,13 +348,14 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
-def _live_running(study: optuna.study.Study) -> int:
-    """Running trials held by a live worker; the others (lease lapsed or never taken: a
-    crashed worker's) are marked failed. Call it under the study's lock."""
+def _live_running(study: optuna.study.Study,
+                  trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """Running trials of ``trials`` held by a live worker; the others (lease lapsed or never
+    taken: a crashed worker's) are marked failed. Call it under the study's lock."""
     from optuna.trial import TrialState
 
     now, live = time.time(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in (t for t in trials if t.state == TrialState.RUNNING):
         lease = t.user_attrs.get(LEASE_ATTR)
         if isinstance(lease, int | float) and lease > now:
             live += 1
@@ -372,11 +373,13 @@ def _claim(study: optuna.study.Study, lock: _StudyLock, n_trials: int,
     from optuna.trial import TrialState
 
     with lock.held():
-        done = len(study.get_trials(deepcopy=False,
-                                    states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        # one snapshot for both counts: read apart, a trial another worker finished between
+        # them would be neither done nor running, and a trial beyond the budget asked for
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         if done >= n_trials:
             return False
-        if done + _live_running(study) >= n_trials:
+        if done + _live_running(study, trials) >= n_trials:
             return True
         trial = study.ask()
         _Lease(trial).renew()

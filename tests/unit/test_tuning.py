@@ -294,3 +294,33 @@ def test_full_retrain_tunes_and_registers_the_best_model_weekly_does_not(
     assert again["reused"] and again["version"] == full["version"]
     study = optuna.load_study(study_name=record["study"], storage=tuning.study_storage(s))
     assert len(study.trials) == 2  # the re-run neither trained nor tuned again
+
+
+def test_claim_counts_done_and_running_trials_in_one_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another worker finishing its trial while this one claims must not open a trial beyond
+    the budget (counted in two reads, that trial was neither done nor running: 9 of 8 trials
+    once in CI)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    study.tell(study.ask(), 1.0)
+    other = study.ask()  # the other worker's running trial, leased
+    other.set_user_attr(tuning.LEASE_ATTR, time.time() + 60)
+    real = study.get_trials
+    reads: list[int] = []
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        if len(reads) == 2:  # the other worker tells its result between two reads
+            study.tell(other.number, 2.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study, "get_trials", racing)
+    claim = tuning._claim(study, tuning._StudyLock("memory", "s"), n_trials=2)
+    assert claim is True  # wait for the running trial, open none
+    assert len(real(deepcopy=False)) == 2
+    assert real(deepcopy=False)[1].state in (TrialState.RUNNING, TrialState.COMPLETE)
