@@ -646,22 +646,11 @@ class _Fetcher:
 
     def client(self, spec: str) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
+            from pipelines.s3 import make_client
 
             cfg = self.config
-            options: dict[str, Any] = {
-                "region_name": cfg.region,
-                "connect_timeout": 5,
-                "read_timeout": 60,
-                "retries": {"max_attempts": 2, "mode": "standard"},
-            }
-            if cfg.endpoint_url:
-                options["s3"] = {"addressing_style": "path"}
             try:
-                self._client = boto3.session.Session().client(
-                    "s3", endpoint_url=cfg.endpoint_url, config=Config(**options)
-                )
+                self._client = make_client(cfg.endpoint_url, cfg.region, max_attempts=2)
             except Exception as exc:  # bad endpoint URL, unknown region...
                 raise SourceError(f"{spec}: cannot create an S3 client: {exc}") from exc
         return self._client
