@@ -303,7 +303,8 @@ def _db_is_migrated(db: Path | str, pools: Mapping[str, Mapping[str, Any]] | Non
 
     ``db`` is a SQLite file (a :class:`~pathlib.Path`) or a SQLAlchemy URL. On PostgreSQL, a DB
     shared with other hosts, ``pools`` (name -> ``slots``) must also be there as given (another
-    host's migrate does not create them); a server that does not answer counts as not migrated.
+    host's migrate does not create them; on SQLite, private to the home, the stamp covers them);
+    a server that does not answer counts as not migrated.
     """
     if isinstance(db, Path):
         return _sqlite_is_migrated(db)
@@ -335,8 +336,6 @@ def ensure_airflow_db(settings: Settings) -> None:
     home = settings.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     conn = settings.airflow_sql_alchemy_conn
-    sqlite = _is_sqlite(conn)
-    target: Path | str = _sqlite_file(conn) if sqlite else conn
     stamp_path = home / _STAMP
     cfg = load_config().pools
     pools = {
@@ -345,13 +344,12 @@ def ensure_airflow_db(settings: Settings) -> None:
         "serving": {"slots": cfg.serving_slots, "include_deferred": False,
                     "description": "afterbell live serving: never waits for training"},
     }
-    stamp = {"airflow": airflow_version(), "db": str(target) if sqlite else redact_url(conn),
-             "pools": pools}
+    db = str(_sqlite_file(conn)) if _is_sqlite(conn) else redact_url(conn)
+    stamp = {"airflow": airflow_version(), "db": db, "pools": pools}
 
     def up_to_date() -> bool:
         try:
-            return (json.loads(stamp_path.read_text()) == stamp
-                    and _db_is_migrated(target, None if sqlite else pools))
+            return json.loads(stamp_path.read_text()) == stamp and _db_is_migrated(conn, pools)
         except (OSError, ValueError):
             return False
 
@@ -368,9 +366,9 @@ def ensure_airflow_db(settings: Settings) -> None:
             text=True,
             check=False,
         )
-        if proc.returncode != 0 or not _db_is_migrated(target):
+        if proc.returncode != 0 or not _db_is_migrated(conn):
             raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}) on "
-                               f"{redact_url(str(target))}:\n{_tail(proc)}")
+                               f"{db}:\n{_tail(proc)}")
         pools_file = home / "pools.json"
         pools_file.write_text(json.dumps(pools, indent=2))
         proc = subprocess.run(

@@ -562,13 +562,12 @@ class _Runtime:
             return False
         day = session_served_at(now)
         previous = self.settings.default_session
-        if day == previous and self.expected_iso is not None:
+        if day == previous:
             return False
         self._serve_session(day)
-        if day != previous:
-            log.info("serving session %s (was %s): features as of %s or later", day, previous,
-                     self.expected_iso)
-        return day != previous
+        log.info("serving session %s (was %s): features as of %s or later", day, previous,
+                 self.expected_iso)
+        return True
 
     # ------------------------------------------------------------------------ lifecycle
     def start(self) -> None:

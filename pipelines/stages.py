@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -468,20 +468,27 @@ def garch_rows(
     return rows[list(GARCH_COLUMNS)], fits
 
 
-#: One symbol's GARCH work: symbol, returns, history sessions to fill, warm starts per model,
-#: specs, refit cadence, minimum returns (the arguments of :func:`garch_rows`).
-_GarchJob = tuple[str, pd.Series, list[pd.Timestamp], dict[str, "np.ndarray | None"],
-                  Mapping[str, Any], int, int]
+class _GarchJob(NamedTuple):
+    """One symbol's GARCH work: the arguments of :func:`garch_rows` (a pool's unit of work)."""
+
+    symbol: str
+    returns: pd.Series
+    history: list[pd.Timestamp]
+    starts: dict[str, np.ndarray | None]
+    specs: Mapping[str, Any]
+    refit_every: int
+    min_obs: int
+
+
 #: History rows to fill (all symbols together) from which the GARCH backfill runs in a process
 #: pool (:mod:`pipelines.parallel`): below it the pool's start-up costs more than it saves.
 PARALLEL_MIN_HISTORY_ROWS = 20_000
 
 
 def _garch_job(job: _GarchJob) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """:func:`garch_rows` of one symbol (a pool's unit of work)."""
-    symbol, r, history, starts, specs, refit_every, min_obs = job
-    return garch_rows(r, specs, history=history, refit_every=refit_every, min_obs=min_obs,
-                      starts=starts, name=symbol)
+    """:func:`garch_rows` of one symbol."""
+    return garch_rows(job.returns, job.specs, history=job.history, refit_every=job.refit_every,
+                      min_obs=job.min_obs, starts=job.starts, name=job.symbol)
 
 
 def refit_garch(session: str, settings: Settings | None = None) -> Summary:
@@ -525,14 +532,16 @@ def refit_garch(session: str, settings: Settings | None = None) -> Summary:
             stored = previous.get((keys[name], str(symbol)))
             starts[name] = (np.array([stored[n] for n in names], dtype=float)
                             if isinstance(stored, dict) and set(stored) == set(names) else None)
-        jobs.append((str(symbol), r, [t for t in r.index[:-1] if t.date() not in present],
-                     starts, specs, s.garch_refit_every, s.garch_min_obs))
+        jobs.append(_GarchJob(str(symbol), r,
+                              [t for t in r.index[:-1] if t.date() not in present], starts,
+                              specs, s.garch_refit_every, s.garch_min_obs))
     from pipelines.parallel import map_symbols
 
-    backfill = sum(len(job[2]) for job in jobs)
+    backfill = sum(len(job.history) for job in jobs)
     results = map_symbols(_garch_job, jobs, workers=s.workers,
                           parallel=backfill >= PARALLEL_MIN_HISTORY_ROWS)
-    for (symbol, *_), (out_rows, fits) in zip(jobs, results, strict=True):
+    for job, (out_rows, fits) in zip(jobs, results, strict=True):
+        symbol = job.symbol
         rows.append(out_rows.assign(symbol=symbol))
         for name, fit in fits.items():
             family[name][str(symbol)] = fit

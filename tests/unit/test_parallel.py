@@ -46,8 +46,8 @@ def test_garch_backfill_in_a_pool_is_byte_identical() -> None:
     jobs: list[stages._GarchJob] = []
     for i, symbol in enumerate(("AAA", "BBB", "CCC")):
         r = _returns(i)
-        jobs.append((symbol, r, list(r.index[300:-1]), {name: None for name in specs}, specs,
-                     126, 250))
+        jobs.append(stages._GarchJob(symbol, r, list(r.index[300:-1]),
+                                     {name: None for name in specs}, specs, 126, 250))
     alone = map_symbols(stages._garch_job, jobs, workers=1)
     pooled = map_symbols(stages._garch_job, jobs, workers=2)
     for (rows_a, fits_a), (rows_p, fits_p) in zip(alone, pooled, strict=True):
